@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make repro` and `make test`. Set-up is idempotent: the venv is
+# rebuilt only when pyproject.toml changes, so a second `make setup` takes seconds.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+MIRROR := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+UI_PORT ?= 5000
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup repro test ui lint clean
+
+setup: $(STAMP) mirror .dvc/config
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian ships the Fashion-MNIST files torchvision downloads; install them as an offline mirror when
+# they are missing and apt-get can be used. Without them, `pull` downloads from torchvision's mirrors.
+.PHONY: mirror
+mirror:
+	@if [ ! -f $(MIRROR) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || \
+		echo "note: could not install dataset-fashion-mnist; pull will download"; \
+	fi
+
+# A fresh clone has .dvc/ committed; this only covers a checkout whose .dvc/ was removed.
+.dvc/config:
+	$(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) data mlruns mlartifacts mlflow.db

@@ -1,0 +1,201 @@
+"""params.yaml, parsed once into typed, validated config objects: the single source of truth.
+
+Nothing else in cnnpipe reads the raw YAML. A bad value stops with one line naming the key and what is valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.models.spec import LAYER_TYPES, LayerSpec
+
+DEFAULT_PARAMS = Path("params.yaml")
+SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from and how the validation split is drawn (the `pull` stage)."""
+
+    source: Literal[SOURCES] = "fashion-mnist"
+    path: str | None = Field(None, description="imagefolder directory, or archive path or URL")
+    mirrors: list[Path] = Field(
+        default_factory=lambda: [Path("/usr/share/datasets/fashion-mnist")],
+        description="directories searched for torchvision's dataset files before downloading",
+    )
+    download: bool = True
+    cache_dir: Path = Path("data/cache")
+    image_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="[H, W] that imagefolder/archive images are resized to"
+    )
+    channels: Literal[1, 3] | None = Field(None, description="1 = greyscale, 3 = RGB; default: the source's own")
+    classes: list[str] = Field(default_factory=list, description="keep only these classes; empty keeps all")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _path_for_local_sources(self) -> DataConfig:
+        if self.source in ("imagefolder", "archive") and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("data.classes lists a class twice")
+        return self
+
+
+class AugmentConfig(_Section):
+    """The albumentations pipeline, as a list of `{TransformName: {argument: value}}` (the `augment` stage)."""
+
+    transforms: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
+    copies: NonNegativeInt = Field(0, description="seeded augmented copies of the training set stored on disk")
+    online: bool = Field(True, description="also augment on the fly in the training DataLoader")
+    preview: PositiveInt = Field(8, description="images in the preview grid")
+    workers: PositiveInt | None = Field(None, description="processes for the copies; default: all cores")
+
+    @field_validator("transforms", mode="before")
+    @classmethod
+    def _one_transform_per_item(cls, items: Any) -> Any:
+        for index, item in enumerate(items or []):
+            if not (isinstance(item, dict) and len(item) == 1):
+                raise ValueError(
+                    f"item {index} must be a single mapping {{TransformName: {{argument: value}}}}, got {item!r}"
+                )
+            (args,) = item.values()
+            if args is None:
+                item[next(iter(item))] = {}
+        return items
+
+
+class ModelConfig(_Section):
+    """The CNN body as a list of layers; the head is appended from the number of classes."""
+
+    layers: list[LayerSpec] = Field(min_length=1)
+
+
+class EarlyStoppingConfig(_Section):
+    patience: PositiveInt | None = Field(None, description="epochs without improvement; null disables it")
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainConfig(_Section):
+    """The Lightning Trainer and optimiser (the `train` stage)."""
+
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = Field(128, description="per device")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: PositiveFloat = 0.002
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: NonNegativeFloat = 0.0005
+    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: PositiveInt | list[NonNegativeInt] | Literal["auto"] = "auto"
+    num_nodes: PositiveInt = 1
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp"] = "auto"
+    num_workers: NonNegativeInt = 0
+    deterministic: bool = False
+    monitor: Literal["val/acc", "val/loss"] = "val/acc"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    limit_train_batches: PositiveInt | float = Field(1.0, gt=0)
+    limit_val_batches: PositiveInt | float = Field(1.0, gt=0)
+    threads: PositiveInt | None = Field(None, description="torch CPU threads; default: torch's choice")
+
+
+class EvaluateConfig(_Section):
+    batch_size: PositiveInt = 512
+    misclassified: NonNegativeInt = Field(36, description="examples in the misclassified grid")
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = Field("cnnpipe", min_length=1)
+    run_name: str | None = None
+
+
+class Params(_Section):
+    seed: NonNegativeInt = 42
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    """('model', 'layers', 2, 'conv', 'kernel') -> 'model.layers[2].kernel' (the union tag is dropped)."""
+    key = ""
+    for previous, part in zip((None, *loc), loc):
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif isinstance(previous, int) and part in LAYER_TYPES:
+            continue
+        elif str(part).isidentifier():  # skips union branch labels such as 'constrained-int' or 'literal[...]'
+            key += f".{part}" if key else str(part)
+    return key
+
+
+def _explain(error: dict[str, Any]) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key; check its spelling against the README's params reference"
+    if error["type"] == "union_tag_invalid":
+        return f"unknown layer type {error['input'].get('type')!r}; valid: {', '.join(LAYER_TYPES)}"
+    if error["type"] == "union_tag_not_found":
+        return f"a layer needs a 'type' key; valid types: {', '.join(LAYER_TYPES)}"
+    if "input" in error and not isinstance(error["input"], dict | list):
+        message += f" (got {error['input']!r})"
+    return message
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        key = _key(errors[0]["loc"])
+        # A union (e.g. train.devices) fails once per branch: say what each branch wanted, on the one line.
+        same_key = [error for error in errors if _key(error["loc"]) == key]
+        explanation = "; or ".join(dict.fromkeys(_explain(error) for error in same_key))
+        more = len(errors) - len(same_key)
+        suffix = f" (and {more} more)" if more else ""
+        if explanation.startswith(f"{key}."):  # a cross-field check names its own key
+            key, explanation = explanation.split(" ", 1)[0], explanation.split(" ", 1)[1]
+        raise CnnpipeError(f"{source}: {key or '(top level)'}: {explanation}{suffix}") from None
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CnnpipeError(f"{path}: file not found; run cnnpipe from the repository root") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise CnnpipeError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise CnnpipeError(f"{path}: must be a YAML mapping with the sections data, augment, model, train, ...")
+    return raw
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    return parse_params(read_params_file(path), str(path))

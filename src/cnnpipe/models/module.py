@@ -1,0 +1,104 @@
+"""The LightningModule: the network, its task head (softmax or sigmoid), loss, metrics and optimiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import Accuracy, MeanMetric
+
+from cnnpipe.config import ModelConfig, TrainConfig
+from cnnpipe.models.network import build_network
+from cnnpipe.models.spec import PlannedLayer, plan_layers
+
+
+class CnnClassifier(pl.LightningModule):
+    """Classifies [C, H, W] images in [0, 1].
+
+    The network outputs logits. Two classes use one logit with a sigmoid and binary cross-entropy; more
+    classes use one logit per class with softmax cross-entropy. Everything needed to rebuild it is in the
+    checkpoint's hyperparameters, so `evaluate` needs only the checkpoint file.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        train: dict[str, Any],
+        input_shape: tuple[int, int, int],
+        classes: list[str],
+        mean: list[float],
+        std: list[float],
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # the tracking module logs params.yaml itself, flattened
+        self.model_config = ModelConfig.model_validate(model)
+        self.train_config = TrainConfig.model_validate(train)
+        self.classes = list(classes)
+        self.plan: list[PlannedLayer] = plan_layers(self.model_config.layers, tuple(input_shape), len(classes))
+        self.network = build_network(self.plan, mean, std)
+        self.binary = len(classes) == 2
+        self.example_input_array = torch.zeros(1, *input_shape)
+        task_metrics = {"task": "multiclass", "num_classes": len(classes)}
+        self.train_acc, self.val_acc, self.test_acc = (Accuracy(**task_metrics) for _ in range(3))
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits: [B, 1] for two classes, [B, N] otherwise."""
+        return self.network(images)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        smoothing = self.train_config.label_smoothing if self.training else 0.0
+        if self.binary:
+            targets = labels.float() * (1 - smoothing) + 0.5 * smoothing
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), targets)
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities [B, N], also for the single-logit binary head."""
+        if self.binary:
+            positive = torch.sigmoid(logits.squeeze(1))
+            return torch.stack([1 - positive, positive], dim=1)
+        return torch.softmax(logits, dim=1)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.squeeze(1) > 0).long() if self.binary else logits.argmax(dim=1)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.loss(logits, labels)
+        accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
+        accuracy.update(self.predictions(logits), labels)
+        mean_loss.update(loss.detach(), weight=labels.numel())
+        # torchmetrics objects sync exact sums across DDP ranks at epoch end, so no sample is double-counted.
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        cfg = self.train_config
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                self.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+            )
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "none":
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        if cfg.scheduler == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,92 @@
+"""Builds the torch network from the planned layers, and prints the [C, H, W] shape table."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from cnnpipe.models.spec import (
+    Activation,
+    BatchNorm,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    PlannedLayer,
+    Pool,
+    conv_padding,
+)
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+class Normalize(nn.Module):
+    """Standardises [0, 1] images per channel inside the network, so the logged model takes plain images."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _module(layer: PlannedLayer) -> nn.Module:
+    spec, in_shape, out_shape = layer.spec, layer.in_shape, layer.out_shape
+    if spec is None:  # the automatic flatten and head
+        return nn.Flatten() if layer.kind == "flatten" else nn.Linear(in_shape[0], out_shape[0])
+    if isinstance(spec, Conv):
+        return nn.Conv2d(
+            in_shape[0], spec.out, spec.kernel, spec.stride, conv_padding(spec), spec.dilation, spec.groups, spec.bias
+        )
+    if isinstance(spec, Pool):
+        pool = nn.MaxPool2d if spec.type == "maxpool" else nn.AvgPool2d
+        return pool(spec.kernel, spec.stride or spec.kernel, spec.padding)
+    if isinstance(spec, GlobalAvgPool):
+        return nn.AdaptiveAvgPool2d(1)
+    if isinstance(spec, BatchNorm):
+        return nn.BatchNorm2d(in_shape[0]) if len(in_shape) == 3 else nn.BatchNorm1d(in_shape[0])
+    if isinstance(spec, Activation):
+        return _ACTIVATIONS[spec.type]()
+    if isinstance(spec, Dropout):
+        return nn.Dropout(spec.p)
+    if isinstance(spec, Flatten):
+        return nn.Flatten()
+    if isinstance(spec, Dense):
+        return nn.Linear(in_shape[0], spec.out, spec.bias)
+    raise TypeError(f"no module for layer type {spec.type}")  # unreachable: the spec union is closed
+
+
+def build_network(plan: list[PlannedLayer], mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
+    """One nn.Sequential whose module names (normalize, conv1, relu1, ..., head) match the shape table."""
+    modules = OrderedDict([("normalize", Normalize(mean, std))])
+    modules.update((layer.name, _module(layer)) for layer in plan)
+    return nn.Sequential(modules)
+
+
+def shape_table(plan: list[PlannedLayer], title: str = "Layer shapes") -> Table:
+    table = Table(title=title)
+    for column in ("layer", "type", "input", "output"):
+        table.add_column(column)
+    for layer in plan:
+        table.add_row(layer.name, layer.kind, str(list(layer.in_shape)), str(list(layer.out_shape)))
+    return table
+
+
+def print_shapes(plan: list[PlannedLayer]) -> None:
+    Console().print(shape_table(plan))

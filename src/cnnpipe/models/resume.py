@@ -1,0 +1,56 @@
+"""Warm restarts: the checkpoint folder remembers which configuration it belongs to and its MLflow run.
+
+DVC deletes a stage's outputs before it reruns it unless they are `persist: true`; the checkpoint folder is
+persisted, and this state decides whether its `last.ckpt` may be resumed: only when it was written by the
+very same configuration and data, and that training did not finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATE_FILE = "state.json"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+
+
+@dataclass
+class ResumeState:
+    fingerprint: str
+    run_id: str
+    tracking_uri: str
+    completed: bool = False
+
+    @classmethod
+    def read(cls, directory: Path) -> ResumeState | None:
+        try:
+            return cls(**json.loads((directory / STATE_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None  # no state, or one from an older layout: start afresh
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(directory / STATE_FILE)
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable hash of JSON-serialisable configuration and data identities."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resumable(directory: Path, expected: str) -> ResumeState | None:
+    state = ResumeState.read(directory)
+    if state and state.fingerprint == expected and not state.completed and (directory / LAST).exists():
+        return state
+    return None
+
+
+def clear(directory: Path) -> None:
+    """Removes checkpoints of another configuration (already logged to MLflow by the run that made them)."""
+    for path in (directory / LAST, directory / BEST, directory / STATE_FILE):
+        path.unlink(missing_ok=True)

@@ -1,0 +1,83 @@
+import subprocess
+import sys
+
+import pytest
+
+from cnnpipe.config import load_params, parse_params
+from cnnpipe.errors import CnnpipeError
+from tests.conftest import REPO, write_params
+
+
+def test_repository_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "fashion-mnist"
+    assert params.model.layers[0].type == "conv"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("train", "lr", -0.1, "train.lr: Input should be greater than 0 (got -0.1)"),
+        ("train", "lrr", 1, "train.lrr: unknown key"),
+        ("data", "source", "imagenet", "data.source: Input should be 'fashion-mnist', 'mnist', 'cifar10'"),
+        ("data", "val_fraction", 1.5, "data.val_fraction: Input should be less than 1"),
+        ("train", "precision", "8-bit", "train.precision: Input should be '32-true'"),
+        ("train", "devices", "many", "train.devices: Input should be a valid integer"),
+        ("augment", "copies", -1, "augment.copies: Input should be greater than or equal to 0"),
+        ("data", "source", "imagefolder", "data.path: is required when data.source is 'imagefolder'"),
+    ],
+)
+def test_invalid_values_name_the_key_and_what_is_valid(raw_params, section, key, value, expected):
+    raw_params[section][key] = value
+    with pytest.raises(CnnpipeError) as error:
+        parse_params(raw_params)
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_layer_errors_name_the_layer(raw_params):
+    raw_params["model"]["layers"][4]["kernel"] = 0
+    with pytest.raises(CnnpipeError, match=r"model\.layers\[4\]\.kernel: Input should be greater than 0"):
+        parse_params(raw_params)
+    raw_params["model"]["layers"][4] = {"type": "convolution", "out": 8}
+    with pytest.raises(CnnpipeError, match=r"model\.layers\[4\]: unknown layer type 'convolution'; valid: conv,"):
+        parse_params(raw_params)
+
+
+def test_transforms_must_be_single_mappings(raw_params):
+    raw_params["augment"]["transforms"] = [{"HorizontalFlip": {"p": 0.5}, "VerticalFlip": {}}]
+    with pytest.raises(CnnpipeError, match=r"augment\.transforms: .*single mapping"):
+        parse_params(raw_params)
+
+
+def test_cli_reports_bad_params_in_one_line_with_exit_code_2(tmp_path, raw_params):
+    raw_params["train"]["lr"] = "fast"
+    params_file = write_params(tmp_path / "params.yaml", raw_params)
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnpipe", "--params", str(params_file), "check", "--input", "1,28,28"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "train.lr" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_reports_broken_yaml_and_missing_file(tmp_path):
+    broken = tmp_path / "params.yaml"
+    broken.write_text("train:\n  lr: [0.1\n")
+    for params_file, expected in ((broken, "not valid YAML at line"), (tmp_path / "nope.yaml", "file not found")):
+        result = subprocess.run(
+            [sys.executable, "-m", "cnnpipe", "--params", str(params_file), "check", "--input", "1,28,28"],
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 2
+        assert expected in result.stderr
+
+
+def test_check_prints_the_shape_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnpipe", "--params", str(REPO / "params.yaml"), "check", "--input", "1,28,28"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[64, 7, 7]" in result.stdout and "[3136]" in result.stdout

@@ -1,0 +1,139 @@
+"""The image store: a few compact files per data set, never one file per image.
+
+`{split}_images.npy` holds uint8 [N, H, W, C] (the layout albumentations works in), `{split}_labels.npy`
+int64 [N], and `manifest.json` the class names, shape, counts, checksums and the train split's per-channel
+mean and std, which the model uses to normalise its input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnpipe.errors import CnnpipeError
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    classes: list[str]
+    shape: tuple[int, int, int]  # [C, H, W]
+    counts: dict[str, int]
+    class_counts: dict[str, list[int]]
+    checksums: dict[str, str]  # file name -> sha256
+    mean: list[float]
+    std: list[float]
+    seed: int
+    val_fraction: float
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, in chunks so a large split never becomes float64 at once."""
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096].astype(np.float64) / 255
+        total += chunk.sum(axis=(0, 1, 2))
+        squares += (chunk**2).sum(axis=(0, 1, 2))
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
+    return mean.round(6).tolist(), std.round(6).tolist()
+
+
+def save_store(directory: Path, splits: dict[str, Split], classes: list[str], source: str, seed: int,
+               val_fraction: float) -> Manifest:
+    """Writes all files into a temporary folder beside `directory`, then swaps it in: a failure leaves
+    the previous store untouched."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the store is an ordinary output folder
+    try:
+        checksums = {}
+        for name, split in splits.items():
+            for kind, array in (("images", split.images), ("labels", split.labels)):
+                path = staging / f"{name}_{kind}.npy"
+                np.save(path, np.ascontiguousarray(array))
+                checksums[path.name] = sha256(path)
+        train = splits["train"]
+        mean, std = channel_stats(train.images)
+        height, width, channels = train.images.shape[1:]
+        manifest = Manifest(
+            source=source,
+            classes=list(classes),
+            shape=(channels, height, width),
+            counts={name: len(split) for name, split in splits.items()},
+            class_counts={name: np.bincount(split.labels, minlength=len(classes)).tolist()
+                          for name, split in splits.items()},
+            checksums=checksums,
+            mean=mean,
+            std=std,
+            seed=seed,
+            val_fraction=val_fraction,
+        )
+        (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+        old = directory.with_name(f".{directory.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            directory.rename(old)
+        staging.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def load_manifest(directory: Path) -> Manifest:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise CnnpipeError(f"{directory}: no image store; run `dvc repro pull` (or `cnnpipe pull`) first")
+    fields = json.loads(path.read_text())
+    fields["shape"] = tuple(fields["shape"])
+    return Manifest(**fields)
+
+
+def load_store(directory: Path, verify: bool = False) -> tuple[Manifest, dict[str, Split]]:
+    """Memory-maps the arrays: DataLoader workers share the pages instead of copying the data set."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    if verify:
+        for name, expected in manifest.checksums.items():
+            if sha256(directory / name) != expected:
+                raise CnnpipeError(f"{directory / name}: checksum differs from {MANIFEST}; rerun `dvc repro pull`")
+    splits = {
+        name: Split(np.load(directory / f"{name}_images.npy", mmap_mode="r"),
+                    np.load(directory / f"{name}_labels.npy", mmap_mode="r"))
+        for name in manifest.counts
+    }
+    return manifest, splits

@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 MIRROR := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 UI_PORT ?= 5000
 export PATH := $(BIN):$(PATH)
+SHELL := /bin/bash
+# pip warns about every local index folder that lacks a package; those lines are noise.
+QUIET_PIP := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 .PHONY: setup repro test ui lint clean
 
@@ -14,8 +17,8 @@ setup: $(STAMP) mirror .dvc/config
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
 	touch $(STAMP)
 
 # Debian ships the Fashion-MNIST files torchvision downloads; install them as an offline mirror when

@@ -80,4 +80,4 @@ def test_check_prints_the_shape_table(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "[64, 7, 7]" in result.stdout and "[3136]" in result.stdout
+    assert "[32, 7, 7]" in result.stdout and "[1568]" in result.stdout

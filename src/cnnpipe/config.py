@@ -97,10 +97,10 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     """The Lightning Trainer and optimiser (the `train` stage)."""
 
-    epochs: PositiveInt = 12
+    epochs: PositiveInt = 15
     batch_size: PositiveInt = Field(128, description="per device")
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: PositiveFloat = 0.002
+    lr: PositiveFloat = 0.003
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: NonNegativeFloat = 0.0005
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"

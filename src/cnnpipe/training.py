@@ -1,0 +1,188 @@
+"""Training: checks the network's shapes, then fits it with Lightning into one MLflow run.
+
+Rerunning after an interruption resumes from the last checkpoint into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities.model_summary import ModelSummary
+from rich.console import Console
+
+from cnnpipe import paths, plots
+from cnnpipe.analysis import receptive_field
+from cnnpipe.config import Params, TrainConfig
+from cnnpipe.data.datamodule import ImageDataModule
+from cnnpipe.data.store import load_manifest
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.models import resume
+from cnnpipe.models.callbacks import EpochHistory
+from cnnpipe.models.module import CnnClassifier
+from cnnpipe.models.network import shape_table
+from cnnpipe.tracking.mlflow_run import TrackedRun, start_run
+
+console = Console()
+
+
+class TrainingInterrupted(CnnpipeError):
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    pulled: Path = paths.PULLED
+    augmented: Path = paths.AUGMENTED
+    checkpoints: Path = paths.CHECKPOINTS
+    trained: Path = paths.TRAINED
+    metrics: Path = paths.METRICS
+    params_file: Path = Path("params.yaml")
+
+
+def build_module(params: Params, datamodule: ImageDataModule) -> CnnClassifier:
+    manifest = datamodule.manifest
+    return CnnClassifier(
+        model=params.model.model_dump(mode="json", by_alias=True, exclude_none=True),
+        train=params.train.model_dump(mode="json"),
+        input_shape=tuple(manifest.shape),
+        classes=manifest.classes,
+        mean=manifest.mean,
+        std=manifest.std,
+    )
+
+
+def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+    mode = "max" if cfg.monitor.endswith("acc") else "min"
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=checkpoints,
+            filename=Path(resume.BEST).stem,
+            monitor=cfg.monitor,
+            mode=mode,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,  # a resumed run overwrites best.ckpt instead of adding best-v1.ckpt
+        ),
+        RichProgressBar(),
+        *callbacks,
+    ]
+    if cfg.early_stopping.patience is not None:
+        callbacks.append(EarlyStopping(cfg.monitor, cfg.early_stopping.min_delta, cfg.early_stopping.patience,
+                                       mode=mode))
+    return pl.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        deterministic=cfg.deterministic,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        callbacks=callbacks,
+        logger=False,  # metrics go to MLflow through EpochHistory, once per epoch
+        default_root_dir=checkpoints,
+        use_distributed_sampler=False,  # the datamodule's EpochSampler shards exactly, without padding
+    )
+
+
+def _log_model_description(run: TrackedRun, module: CnnClassifier, trained: Path) -> None:
+    input_shape = tuple(module.hparams.input_shape)
+    fields = receptive_field.receptive_fields(module.network, input_shape)
+    rf_console = Console(record=True, width=120, file=io.StringIO())  # recorded for the artifact, not shown
+    rf_console.print(shape_table(module.plan))
+    rf_console.print(receptive_field.to_table(fields))
+    summary = f"{ModelSummary(module, max_depth=2)}\n\n{rf_console.export_text()}"
+    (trained / "model_summary.txt").write_text(summary)
+    (trained / "receptive_field.json").write_text(receptive_field.to_json(fields, input_shape))
+    run.log_artifact(trained / "model_summary.txt")
+    run.log_artifact(trained / "receptive_field.json")
+    run.log_text(rf_console.export_text(), "receptive_field.txt")
+
+
+def _start_or_resume(params: Params, where: TrainPaths, key: str) -> tuple[TrackedRun, Path | None]:
+    state = resume.resumable(where.checkpoints, key)
+    if state is None:
+        resume.clear(where.checkpoints)
+    run = start_run(params.mlflow, run_id=state.run_id if state else None)
+    resume.ResumeState(key, run.run_id, run.tracking_uri).write(where.checkpoints)
+    if state:
+        console.print(f"Resuming from {where.checkpoints / resume.LAST} into MLflow run {run.run_id}")
+        return run, where.checkpoints / resume.LAST
+    run.log_params(params)
+    if where.params_file.exists():
+        run.log_artifact(where.params_file)
+    return run, None
+
+
+def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
+    """Fits the model; writes the best checkpoint, run.json and metrics/train.json. Returns those metrics."""
+    datamodule = ImageDataModule(
+        where.pulled,
+        where.augmented,
+        batch_size=params.train.batch_size,
+        eval_batch_size=params.evaluate.batch_size,
+        num_workers=params.train.num_workers,
+        seed=params.seed,
+        online=params.augment.online,
+    )
+    module = build_module(params, datamodule)  # the shape check: an impossible layer stops here
+    console.print(shape_table(module.plan, title=f"Layer shapes, input {list(datamodule.manifest.shape)}"))
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    pipeline = where.augmented / "pipeline.json"
+    key = resume.fingerprint(
+        params.seed, params.model.model_dump(mode="json"), params.train.model_dump(mode="json"),
+        params.augment.online, datamodule.manifest.checksums, pipeline.read_text() if pipeline.exists() else None,
+    )
+    pl.seed_everything(params.seed, workers=True, verbose=False)
+    run, ckpt_path = _start_or_resume(params, where, key)
+    history = EpochHistory(where.metrics / "train_history.csv", run)
+    trainer = build_trainer(params.train, where.checkpoints, [history])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        raise TrainingInterrupted(
+            f"training interrupted at epoch {trainer.current_epoch}; rerun `dvc repro` to resume from "
+            f"{where.checkpoints / resume.LAST}"
+        )
+    if not trainer.is_global_zero:
+        return {}
+    return _finish(params, where, key, run, module, history)
+
+
+def _finish(params, where: TrainPaths, key: str, run: TrackedRun, module: CnnClassifier,
+            history: EpochHistory) -> dict[str, float]:
+    where.trained.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(where.checkpoints / resume.BEST, where.trained / "model.ckpt")
+    (where.trained / "run.json").write_text(json.dumps({"run_id": run.run_id, "tracking_uri": run.tracking_uri}))
+    monitored = [row[params.train.monitor] for row in history.rows if params.train.monitor in row]
+    best_epoch = monitored.index(max(monitored) if params.train.monitor.endswith("acc") else min(monitored))
+    best = history.rows[best_epoch]
+    metrics = {
+        "val_acc": best["val/acc"],
+        "val_loss": best["val/loss"],
+        "best_epoch": best["epoch"],
+        "epochs": len(history.rows),
+        "train_time_s": sum(row["epoch_time"] for row in history.rows),
+        "images_per_sec": sum(row["images_per_sec"] for row in history.rows) / len(history.rows),
+        "parameters": sum(p.numel() for p in module.parameters()),
+    }
+    where.metrics.mkdir(parents=True, exist_ok=True)
+    (where.metrics / "train.json").write_text(json.dumps(metrics, indent=2))
+    for name in (resume.BEST, resume.LAST):
+        run.log_artifact(where.checkpoints / name, "checkpoints")
+    run.log_artifact(plots.training_curves(history.rows, where.trained / "training_curves.png"))
+    _log_model_description(run, module, where.trained)
+    run.log_metrics({f"best_{k}": v for k, v in metrics.items() if k in ("val_acc", "val_loss")})
+    resume.ResumeState(key, run.run_id, run.tracking_uri, completed=True).write(where.checkpoints)
+    run.finish()
+    console.print(f"Best epoch {best['epoch']}: val/acc {best['val/acc']:.4f}, val/loss {best['val/loss']:.4f}; "
+                  f"MLflow run {run.run_id}")
+    return metrics

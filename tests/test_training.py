@@ -1,0 +1,93 @@
+"""The train and evaluate stages for real: pulled Fashion-MNIST, a Lightning trainer, a SQLite MLflow store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cnnpipe, small_run_params, write_params
+
+
+@pytest.fixture
+def workdir(tmp_path, raw_params):
+    """A folder with params.yaml and the pulled, augmented data: what train and evaluate start from."""
+    write_params(tmp_path / "params.yaml", small_run_params(raw_params, tmp_path))
+    run_cnnpipe("pull", cwd=tmp_path)
+    run_cnnpipe("augment", cwd=tmp_path)
+    return tmp_path
+
+
+def mlflow_runs(root):
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    return client, client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
+
+
+def test_train_then_evaluate_log_into_one_run(workdir):
+    result = run_cnnpipe("train", cwd=workdir)
+    assert "[32, 7, 7]" in result.stdout  # the shape table is printed before training
+    train_metrics = json.loads((workdir / "metrics/train.json").read_text())
+    assert train_metrics["epochs"] == 2 and train_metrics["images_per_sec"] > 0
+    history = (workdir / "metrics/train_history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 3
+    run_cnnpipe("evaluate", cwd=workdir)
+    test_metrics = json.loads((workdir / "metrics/test.json").read_text())
+    assert test_metrics["accuracy"] > 0.8 and test_metrics["count"] == 3000
+    assert set(test_metrics["per_class"]) == {"Trouser", "Bag", "Sneaker"}
+    for plot in ("confusion_matrix.png", "misclassified.png", "predictions.csv"):
+        assert (workdir / "plots" / plot).stat().st_size > 0
+
+    client, runs = mlflow_runs(workdir)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["train.lr"] == "0.003" and run.data.params["model.layers.0.type"] == "conv"
+    assert run.data.metrics["test/accuracy"] == pytest.approx(test_metrics["accuracy"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "evaluation", "params.yaml", "model_summary.txt", "receptive_field.json",
+            "receptive_field.txt", "training_curves.png"} <= artifacts
+    checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
+
+
+def test_an_interrupted_training_resumes_into_the_same_run(workdir, raw_params):
+    write_params(workdir / "params.yaml", small_run_params(raw_params, workdir, epochs=4, limit_train_batches=40))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "cnnpipe", "train"], cwd=workdir, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = workdir / "data/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # a crash or preemption: no chance to clean up
+    process.wait()
+    assert last.exists()
+    state = json.loads((workdir / "data/checkpoints/state.json").read_text())
+    assert not state["completed"]
+
+    result = run_cnnpipe("train", cwd=workdir)
+    assert "Resuming from" in result.stdout
+    client, runs = mlflow_runs(workdir)
+    assert [run.info.run_id for run in runs] == [state["run_id"]]
+    steps = {m.step for m in client.get_metric_history(state["run_id"], "val/acc")}
+    assert steps == {0, 1, 2, 3}
+    rows = (workdir / "metrics/train_history.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["0", "1", "2", "3"]
+
+    run_cnnpipe("train", cwd=workdir)  # a finished training is not resumed: a new run starts
+    assert len(mlflow_runs(workdir)[1]) == 2
+
+
+def test_impossible_network_stops_before_training_with_exit_code_2(workdir, raw_params):
+    raw = small_run_params(raw_params, workdir)
+    raw["model"]["layers"].insert(4, {"type": "maxpool", "kernel": 16})
+    write_params(workdir / "params.yaml", raw)
+    result = run_cnnpipe("train", cwd=workdir, check=False)
+    assert result.returncode == 2
+    assert "layer 'maxpool2'" in result.stderr and "empty output" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "mlflow.db").exists()  # nothing was started

@@ -29,8 +29,9 @@ def small_run_params(raw: dict[str, Any], root: Path, **train: Any) -> dict[str,
     """params.yaml for a quick real run in `root`: three Fashion-MNIST classes, a few batches per epoch."""
     raw["data"]["classes"] = ["Trouser", "Bag", "Sneaker"]
     raw["data"]["cache_dir"] = str(root / "cache")
-    raw["train"].update(epochs=2, batch_size=32, limit_train_batches=6, limit_val_batches=2, accelerator="cpu",
-                        devices=1, threads=1)
+    raw["train"].update(
+        epochs=2, batch_size=32, limit_train_batches=6, limit_val_batches=2, accelerator="cpu", devices=1, threads=1
+    )
     raw["train"].update(train)
     raw["evaluate"]["misclassified"] = 6
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{root}/mlflow.db"

@@ -55,7 +55,9 @@ def test_cli_reports_bad_params_in_one_line_with_exit_code_2(tmp_path, raw_param
     params_file = write_params(tmp_path / "params.yaml", raw_params)
     result = subprocess.run(
         [sys.executable, "-m", "cnnpipe", "--params", str(params_file), "check", "--input", "1,28,28"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
@@ -68,7 +70,8 @@ def test_cli_reports_broken_yaml_and_missing_file(tmp_path):
     for params_file, expected in ((broken, "not valid YAML at line"), (tmp_path / "nope.yaml", "file not found")):
         result = subprocess.run(
             [sys.executable, "-m", "cnnpipe", "--params", str(params_file), "check", "--input", "1,28,28"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 2
         assert expected in result.stderr
@@ -77,7 +80,8 @@ def test_cli_reports_broken_yaml_and_missing_file(tmp_path):
 def test_check_prints_the_shape_table(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "cnnpipe", "--params", str(REPO / "params.yaml"), "check", "--input", "1,28,28"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "[32, 7, 7]" in result.stdout and "[1568]" in result.stdout

@@ -12,8 +12,14 @@ LAYERS = [{"type": "conv", "out": 4, "kernel": 3, "padding": 1}, {"type": "relu"
 
 
 def classifier(classes: int, **train) -> CnnClassifier:
-    return CnnClassifier({"layers": LAYERS}, TrainConfig(**train).model_dump(mode="json"), (1, 8, 8),
-                         [f"c{i}" for i in range(classes)], [0.5], [0.25])
+    return CnnClassifier(
+        {"layers": LAYERS},
+        TrainConfig(**train).model_dump(mode="json"),
+        (1, 8, 8),
+        [f"c{i}" for i in range(classes)],
+        [0.5],
+        [0.25],
+    )
 
 
 def test_two_classes_use_one_logit_with_sigmoid():
@@ -40,8 +46,9 @@ def test_many_classes_use_softmax_cross_entropy_and_label_smoothing_in_training_
     assert torch.allclose(module.probabilities(logits).sum(dim=1), torch.ones(6))
 
 
-@pytest.mark.parametrize(("optimizer", "scheduler", "classes"),
-                         [("adamw", "onecycle", 3), ("sgd", "cosine", 2), ("sgd", "none", 4)])
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler", "classes"), [("adamw", "onecycle", 3), ("sgd", "cosine", 2), ("sgd", "none", 4)]
+)
 def test_training_reduces_the_loss(optimizer, scheduler, classes):
     torch.manual_seed(0)
     images = torch.rand(64, 1, 8, 8)
@@ -49,8 +56,14 @@ def test_training_reduces_the_loss(optimizer, scheduler, classes):
     images[torch.arange(64), 0, labels * 2] += 2.0  # the class is a bright row: learnable in a few epochs
     loader = DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True)
     module = classifier(classes, optimizer=optimizer, scheduler=scheduler, lr=0.05)
-    trainer = pl.Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, loader, loader)
     metrics = trainer.callback_metrics
     assert metrics["val/acc"] > 0.9

@@ -67,9 +67,12 @@ def test_table_matches_the_gradient_footprint(seed):
         unit, bounds = [], []
         for axis in (0, 1):
             half = (field.rf[axis] - 1) / 2
-            inside = [i for i in range(field.out_shape[1 + axis])
-                      if field.start[axis] + i * field.jump[axis] - half >= 0
-                      and field.start[axis] + i * field.jump[axis] + half <= shape[1 + axis] - 1]
+            inside = [
+                i
+                for i in range(field.out_shape[1 + axis])
+                if field.start[axis] + i * field.jump[axis] - half >= 0
+                and field.start[axis] + i * field.jump[axis] + half <= shape[1 + axis] - 1
+            ]
             if not inside:
                 break
             centre = field.start[axis] + inside[0] * field.jump[axis]

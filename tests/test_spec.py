@@ -28,9 +28,27 @@ def test_default_like_network_shapes_and_names():
     ]
     planned = plan(layers)
     assert [layer.name for layer in planned] == [
-        "conv1", "relu1", "maxpool1", "conv2", "relu2", "maxpool2", "flatten1", "dense1", "head"]
+        "conv1",
+        "relu1",
+        "maxpool1",
+        "conv2",
+        "relu2",
+        "maxpool2",
+        "flatten1",
+        "dense1",
+        "head",
+    ]
     assert [layer.out_shape for layer in planned] == [
-        (32, 28, 28), (32, 28, 28), (32, 14, 14), (64, 14, 14), (64, 14, 14), (64, 7, 7), (3136,), (128,), (10,)]
+        (32, 28, 28),
+        (32, 28, 28),
+        (32, 14, 14),
+        (64, 14, 14),
+        (64, 14, 14),
+        (64, 7, 7),
+        (3136,),
+        (128,),
+        (10,),
+    ]
 
 
 def test_head_follows_the_task():

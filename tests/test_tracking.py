@@ -12,8 +12,13 @@ from cnnpipe.tracking.mlflow_run import check_reachable, flatten, metric_key, re
 
 
 def test_flatten_gives_dotted_keys():
-    flat = flatten({"train": {"lr": 0.1}, "model": {"layers": [{"type": "conv", "out": 8}]}, "data": {"classes": ["a"]}})
-    assert flat == {"train.lr": "0.1", "model.layers.0.type": "conv", "model.layers.0.out": "8", "data.classes": "['a']"}
+    nested = {"train": {"lr": 0.1}, "model": {"layers": [{"type": "conv", "out": 8}]}, "data": {"classes": ["a"]}}
+    assert flatten(nested) == {
+        "train.lr": "0.1",
+        "model.layers.0.type": "conv",
+        "model.layers.0.out": "8",
+        "data.classes": "['a']",
+    }
 
 
 def test_relative_sqlite_uri_is_anchored(tmp_path):
@@ -31,7 +36,9 @@ def test_unreachable_server_is_a_clear_error():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(CnnpipeError, match=rf"mlflow.tracking_uri: no MLflow tracking server answers at http://127.0.0.1:{port}"):
+    with pytest.raises(
+        CnnpipeError, match=rf"mlflow.tracking_uri: no MLflow tracking server answers at http://127.0.0.1:{port}"
+    ):
         check_reachable(f"http://127.0.0.1:{port}", timeout=2)
 
 

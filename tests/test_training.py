@@ -48,8 +48,15 @@ def test_train_then_evaluate_log_into_one_run(workdir):
     assert run.data.metrics["test/accuracy"] == pytest.approx(test_metrics["accuracy"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"checkpoints", "evaluation", "params.yaml", "model_summary.txt", "receptive_field.json",
-            "receptive_field.txt", "training_curves.png"} <= artifacts
+    assert {
+        "checkpoints",
+        "evaluation",
+        "params.yaml",
+        "model_summary.txt",
+        "receptive_field.json",
+        "receptive_field.txt",
+        "training_curves.png",
+    } <= artifacts
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
 
@@ -57,8 +64,13 @@ def test_train_then_evaluate_log_into_one_run(workdir):
 def test_an_interrupted_training_resumes_into_the_same_run(workdir, raw_params):
     write_params(workdir / "params.yaml", small_run_params(raw_params, workdir, epochs=4, limit_train_batches=40))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "cnnpipe", "train"], cwd=workdir, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnpipe", "train"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = workdir / "data/checkpoints/last.ckpt"
     deadline = time.monotonic() + 120
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:

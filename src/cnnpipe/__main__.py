@@ -1,4 +1,5 @@
 """python -m cnnpipe"""
+
 import sys
 
 from cnnpipe.cli import main

@@ -143,7 +143,7 @@ class Params(_Section):
 def _key(loc: tuple[Any, ...]) -> str:
     """('model', 'layers', 2, 'conv', 'kernel') -> 'model.layers[2].kernel' (the union tag is dropped)."""
     key = ""
-    for previous, part in zip((None, *loc), loc):
+    for previous, part in zip((None, *loc), loc, strict=False):
         if isinstance(part, int):
             key += f"[{part}]"
         elif isinstance(previous, int) and part in LAYER_TYPES:

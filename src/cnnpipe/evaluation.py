@@ -50,7 +50,7 @@ def predict(module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch
     """Runs the whole split through the model in batches; uint8 [N, H, W, C] in, per-image predictions out."""
     predicted, confidence, total_loss = [], [], 0.0
     for start in track(range(0, len(images), batch_size), description="Evaluating", console=console):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # a writable copy of the mmap
         batch = batch.permute(0, 3, 1, 2).float().div_(255)
         targets = torch.from_numpy(np.asarray(labels[start : start + batch_size]))
         logits = module(batch)
@@ -59,8 +59,9 @@ def predict(module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch
         best = probabilities.max(dim=1)
         predicted.append(best.indices.numpy())
         confidence.append(best.values.numpy())
-    return Predictions(np.asarray(labels), np.concatenate(predicted), np.concatenate(confidence),
-                       total_loss / len(labels))
+    return Predictions(
+        np.asarray(labels), np.concatenate(predicted), np.concatenate(confidence), total_loss / len(labels)
+    )
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -94,8 +95,9 @@ def evaluate(params: Params, where: EvaluatePaths = EvaluatePaths()) -> dict:
     return metrics
 
 
-def _write_plots(folder: Path, result: Predictions, matrix: np.ndarray, images: np.ndarray, classes: list[str],
-                 count: int) -> list[Path]:
+def _write_plots(
+    folder: Path, result: Predictions, matrix: np.ndarray, images: np.ndarray, classes: list[str], count: int
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "predictions.csv").open("w", newline="") as handle:  # dvc plots' confusion template
         writer = csv.writer(handle)
@@ -103,12 +105,17 @@ def _write_plots(folder: Path, result: Predictions, matrix: np.ndarray, images: 
         writer.writerows((classes[a], classes[p]) for a, p in zip(result.labels, result.predicted, strict=True))
     wrong = np.flatnonzero(result.labels != result.predicted)
     wrong = wrong[np.argsort(-result.confidence[wrong], kind="stable")][:count]  # the most confident mistakes first
-    titles = [f"{classes[result.predicted[i]]} ({result.confidence[i]:.0%})\ntrue: {classes[result.labels[i]]}"
-              for i in wrong]
+    titles = [
+        f"{classes[result.predicted[i]]} ({result.confidence[i]:.0%})\ntrue: {classes[result.labels[i]]}" for i in wrong
+    ]
     return [
         plots.confusion_matrix(matrix, classes, folder / "confusion_matrix.png"),
-        plots.image_grid(np.asarray(images[wrong]), titles, folder / "misclassified.png",
-                         title="Most confident mistakes: predicted (confidence), true class"),
+        plots.image_grid(
+            np.asarray(images[wrong]),
+            titles,
+            folder / "misclassified.png",
+            title="Most confident mistakes: predicted (confidence), true class",
+        ),
     ]
 
 

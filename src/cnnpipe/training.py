@@ -21,8 +21,6 @@ from cnnpipe import paths, plots
 from cnnpipe.analysis import receptive_field
 from cnnpipe.config import Params, TrainConfig
 from cnnpipe.data.datamodule import ImageDataModule
-from cnnpipe.data.store import load_manifest
-from cnnpipe.errors import CnnpipeError
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.module import CnnClassifier
@@ -30,10 +28,6 @@ from cnnpipe.models.network import shape_table
 from cnnpipe.tracking.mlflow_run import TrackedRun, start_run
 
 console = Console()
-
-
-class TrainingInterrupted(CnnpipeError):
-    exit_code = 130
 
 
 @dataclass(frozen=True)
@@ -74,8 +68,9 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callba
         *callbacks,
     ]
     if cfg.early_stopping.patience is not None:
-        callbacks.append(EarlyStopping(cfg.monitor, cfg.early_stopping.min_delta, cfg.early_stopping.patience,
-                                       mode=mode))
+        callbacks.append(
+            EarlyStopping(cfg.monitor, cfg.early_stopping.min_delta, cfg.early_stopping.patience, mode=mode)
+        )
     return pl.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
@@ -139,26 +134,31 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
         torch.set_num_threads(params.train.threads)
     pipeline = where.augmented / "pipeline.json"
     key = resume.fingerprint(
-        params.seed, params.model.model_dump(mode="json"), params.train.model_dump(mode="json"),
-        params.augment.online, datamodule.manifest.checksums, pipeline.read_text() if pipeline.exists() else None,
+        params.seed,
+        params.model.model_dump(mode="json"),
+        params.train.model_dump(mode="json"),
+        params.augment.online,
+        datamodule.manifest.checksums,
+        pipeline.read_text() if pipeline.exists() else None,
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
     run, ckpt_path = _start_or_resume(params, where, key)
     history = EpochHistory(where.metrics / "train_history.csv", run)
     trainer = build_trainer(params.train, where.checkpoints, [history])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    if trainer.interrupted:
-        raise TrainingInterrupted(
-            f"training interrupted at epoch {trainer.current_epoch}; rerun `dvc repro` to resume from "
-            f"{where.checkpoints / resume.LAST}"
-        )
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into exit code 1 after its own clean-up
+        run.finish("KILLED")
+        console.print(f"Interrupted: rerun `dvc repro` to resume from {where.checkpoints / resume.LAST}")
+        raise
     if not trainer.is_global_zero:
         return {}
     return _finish(params, where, key, run, module, history)
 
 
-def _finish(params, where: TrainPaths, key: str, run: TrackedRun, module: CnnClassifier,
-            history: EpochHistory) -> dict[str, float]:
+def _finish(
+    params, where: TrainPaths, key: str, run: TrackedRun, module: CnnClassifier, history: EpochHistory
+) -> dict[str, float]:
     where.trained.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(where.checkpoints / resume.BEST, where.trained / "model.ckpt")
     (where.trained / "run.json").write_text(json.dumps({"run_id": run.run_id, "tracking_uri": run.tracking_uri}))
@@ -183,6 +183,8 @@ def _finish(params, where: TrainPaths, key: str, run: TrackedRun, module: CnnCla
     run.log_metrics({f"best_{k}": v for k, v in metrics.items() if k in ("val_acc", "val_loss")})
     resume.ResumeState(key, run.run_id, run.tracking_uri, completed=True).write(where.checkpoints)
     run.finish()
-    console.print(f"Best epoch {best['epoch']}: val/acc {best['val/acc']:.4f}, val/loss {best['val/loss']:.4f}; "
-                  f"MLflow run {run.run_id}")
+    console.print(
+        f"Best epoch {best['epoch']}: val/acc {best['val/acc']:.4f}, val/loss {best['val/loss']:.4f}; "
+        f"MLflow run {run.run_id}"
+    )
     return metrics

@@ -58,7 +58,8 @@ def _pair(value) -> tuple[int, int]:
 def _window(field: tuple[Pair, Pair, Pair], kernel, stride, padding, dilation=1) -> tuple[Pair, Pair, Pair]:
     rf, jump, start = field
     out = [], [], []
-    for axis, (k, s, p, d) in enumerate(zip(_pair(kernel), _pair(stride), _pair(padding), _pair(dilation))):
+    axes = zip(_pair(kernel), _pair(stride), _pair(padding), _pair(dilation), strict=True)
+    for axis, (k, s, p, d) in enumerate(axes):
         span = d * (k - 1)
         out[0].append(rf[axis] + span * jump[axis])
         out[1].append(jump[axis] * s)
@@ -67,7 +68,7 @@ def _window(field: tuple[Pair, Pair, Pair], kernel, stride, padding, dilation=1)
 
 
 def _next_field(module: nn.Module, field, in_shape: tuple[int, ...]):
-    if isinstance(module, _POINTWISE) or isinstance(module, nn.Linear) or len(in_shape) < 3:
+    if isinstance(module, (*_POINTWISE, nn.Linear)) or len(in_shape) < 3:
         return field
     if isinstance(module, nn.Conv2d):
         if isinstance(module.padding, str):
@@ -76,8 +77,9 @@ def _next_field(module: nn.Module, field, in_shape: tuple[int, ...]):
     if isinstance(module, nn.MaxPool2d | nn.AvgPool2d):
         dilation = getattr(module, "dilation", 1)
         return _window(field, module.kernel_size, module.stride, module.padding, dilation)
-    if isinstance(module, nn.Flatten) or (isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d)
-                                          and _pair(module.output_size) == (1, 1)):
+    if isinstance(module, nn.Flatten) or (
+        isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) and _pair(module.output_size) == (1, 1)
+    ):
         return _window(field, in_shape[-2:], in_shape[-2:], 0)
     raise CnnpipeError(
         f"receptive field: module type {type(module).__name__} is not supported; "
@@ -117,6 +119,7 @@ def to_table(layers: list[LayerField], title: str = "Receptive field") -> Table:
         return "x".join(f"{value:g}" for value in pair)
 
     for layer in layers:
-        table.add_row(layer.name, layer.type, str(list(layer.out_shape)), fmt(layer.rf), fmt(layer.jump),
-                      fmt(layer.start))
+        table.add_row(
+            layer.name, layer.type, str(list(layer.out_shape)), fmt(layer.rf), fmt(layer.jump), fmt(layer.start)
+        )
     return table

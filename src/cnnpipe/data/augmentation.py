@@ -29,8 +29,11 @@ CHUNK = 2048  # images per seeded chunk of the stored copies: fixed, so the resu
 
 
 def _transform_names() -> list[str]:
-    return [name for name, value in vars(A).items()
-            if inspect.isclass(value) and issubclass(value, A.BasicTransform) and not inspect.isabstract(value)]
+    return [
+        name
+        for name, value in vars(A).items()
+        if inspect.isclass(value) and issubclass(value, A.BasicTransform) and not inspect.isabstract(value)
+    ]
 
 
 def _tuples(value: Any) -> Any:
@@ -50,10 +53,10 @@ def _build_transform(index: int, name: str, args: dict[str, Any]) -> A.BasicTran
         hint = f"; did you mean {close[0]}?" if close else "; see albumentations' list of transforms"
         raise CnnpipeError(f"augment.transforms[{index}]: unknown albumentations transform {name!r}{hint}")
     accepted = inspect.signature(transform_class.__init__).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        if unknown := sorted(set(args) - set(accepted)):
-            valid = ", ".join(p for p in accepted if p not in ("self", "args", "kwargs"))
-            raise CnnpipeError(f"{where}: unknown argument {unknown[0]!r}; valid: {valid}")
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    if not takes_any and (unknown := sorted(set(args) - set(accepted))):
+        valid = ", ".join(p for p in accepted if p not in ("self", "args", "kwargs"))
+        raise CnnpipeError(f"{where}: unknown argument {unknown[0]!r}; valid: {valid}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # albumentations warns (rather than fails) on some bad arguments
@@ -110,12 +113,16 @@ def _copy_chunk(task: tuple[dict, np.ndarray, tuple[int, ...]]) -> np.ndarray:
     return augment_images(A.from_dict(serialized), images, key)
 
 
-def make_copies(pipeline: A.Compose, images: np.ndarray, copies: int, seed: int,
-                workers: int | None = None) -> np.ndarray:
+def make_copies(
+    pipeline: A.Compose, images: np.ndarray, copies: int, seed: int, workers: int | None = None
+) -> np.ndarray:
     """`copies` augmented versions of every image, [copies * N, H, W, C], computed on all cores."""
     serialized = A.to_dict(pipeline)
-    tasks = [(serialized, np.asarray(images[start : start + CHUNK]), (seed, COPIES, copy, start))
-             for copy in range(copies) for start in range(0, len(images), CHUNK)]
+    tasks = [
+        (serialized, np.asarray(images[start : start + CHUNK]), (seed, COPIES, copy, start))
+        for copy in range(copies)
+        for start in range(0, len(images), CHUNK)
+    ]
     workers = workers or os.cpu_count() or 1
     with Progress() as progress, ProcessPoolExecutor(workers) as pool:
         bar = progress.add_task(f"Augmenting {copies} cop{'y' if copies == 1 else 'ies'}", total=len(tasks))
@@ -126,13 +133,24 @@ def make_copies(pipeline: A.Compose, images: np.ndarray, copies: int, seed: int,
     return np.concatenate(chunks) if chunks else images[:0].copy()
 
 
-def preview(pipeline: A.Compose, images: np.ndarray, labels: np.ndarray, classes: list[str], count: int,
-            seed: int, path: Path, versions: int = 4) -> Path:
+def preview(
+    pipeline: A.Compose,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    count: int,
+    seed: int,
+    path: Path,
+    versions: int = 4,
+) -> Path:
     """A grid with one row per image: the original, then `versions` augmented draws of it."""
     picks = np.random.default_rng(seed).choice(len(images), size=min(count, len(images)), replace=False)
     originals = np.asarray(images[np.sort(picks)])
     draws = [augment_images(pipeline, originals, (seed, PREVIEW, version)) for version in range(versions)]
     tiles = np.stack([originals, *draws], axis=1).reshape(-1, *originals.shape[1:])
-    titles = [classes[labels[i]] if column == 0 else f"augmented {column}"
-              for i in np.sort(picks) for column in range(versions + 1)]
+    titles = [
+        classes[labels[i]] if column == 0 else f"augmented {column}"
+        for i in np.sort(picks)
+        for column in range(versions + 1)
+    ]
     return plots.image_grid(tiles, titles, path, columns=versions + 1, title="Originals and augmented versions")

@@ -65,8 +65,16 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
 
 
 class ImageDataModule(pl.LightningDataModule):
-    def __init__(self, pulled: Path, augmented: Path | None, batch_size: int, eval_batch_size: int,
-                 num_workers: int, seed: int, online: bool):
+    def __init__(
+        self,
+        pulled: Path,
+        augmented: Path | None,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
+        online: bool,
+    ):
         super().__init__()
         self.pulled, self.augmented = Path(pulled), augmented and Path(augmented)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -97,11 +105,18 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, split: str, batch_size: int, training: bool) -> DataLoader:
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         dataset = self.datasets[split]
-        sampler = EpochSampler(len(dataset), self.seed, shuffle=training, rank=rank, world_size=world_size,
-                               drop_uneven=training)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=_whole_batch, persistent_workers=self.num_workers > 0,
-                          drop_last=False)
+        sampler = EpochSampler(
+            len(dataset), self.seed, shuffle=training, rank=rank, world_size=world_size, drop_uneven=training
+        )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_whole_batch,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, training=True)

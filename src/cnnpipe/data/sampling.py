@@ -16,8 +16,15 @@ from torch.utils.data import Sampler
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields (epoch, index) pairs, so a dataset can seed its augmentation from the epoch and the batch."""
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 drop_uneven: bool = True):
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_uneven: bool = True,
+    ):
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
         self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
         self.epoch = 0

@@ -89,8 +89,9 @@ def _copy_from_mirror(source: str, mirrors: list[Path], root: Path) -> bool:
         if not all((mirror / name).exists() for name, _ in files):
             continue
         if not all(_verified(mirror / name, source, md5) for name, md5 in files):
-            console.print(f"[yellow]note:[/] {mirror} holds files named like {source}'s, but their checksums "
-                          "differ; skipped")
+            console.print(
+                f"[yellow]note:[/] {mirror} holds files named like {source}'s, but their checksums differ; skipped"
+            )
             continue
         for name, _ in files:
             _install(mirror / name, _raw_folder(source, root))
@@ -172,8 +173,9 @@ def _read_folder(folder: Path, classes: list[str], size: tuple[int, int] | None,
 
 
 def _greyscale_folder(folder: Path) -> bool:
-    return all(Image.open(path).mode in ("L", "1", "I;16", "I") for images in _image_files(folder).values()
-               for path in images)
+    return all(
+        Image.open(path).mode in ("L", "1", "I;16", "I") for images in _image_files(folder).values() for path in images
+    )
 
 
 def load_imagefolder(folder: Path, cfg: DataConfig, seed: int) -> Images:
@@ -251,6 +253,8 @@ def load(cfg: DataConfig, seed: int) -> Images:
         data = load_archive(cfg, seed)
     else:
         data = load_torchvision(cfg)
-        data = Images(*(Split(convert(s.images, cfg.channels, cfg.image_size), s.labels)
-                        for s in (data.train, data.test)), data.classes)
+        data = Images(
+            *(Split(convert(s.images, cfg.channels, cfg.image_size), s.labels) for s in (data.train, data.test)),
+            data.classes,
+        )
     return select_classes(data, cfg.classes)

@@ -71,8 +71,9 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.round(6).tolist(), std.round(6).tolist()
 
 
-def save_store(directory: Path, splits: dict[str, Split], classes: list[str], source: str, seed: int,
-               val_fraction: float) -> Manifest:
+def save_store(
+    directory: Path, splits: dict[str, Split], classes: list[str], source: str, seed: int, val_fraction: float
+) -> Manifest:
     """Writes all files into a temporary folder beside `directory`, then swaps it in: a failure leaves
     the previous store untouched."""
     directory = Path(directory)
@@ -94,8 +95,9 @@ def save_store(directory: Path, splits: dict[str, Split], classes: list[str], so
             classes=list(classes),
             shape=(channels, height, width),
             counts={name: len(split) for name, split in splits.items()},
-            class_counts={name: np.bincount(split.labels, minlength=len(classes)).tolist()
-                          for name, split in splits.items()},
+            class_counts={
+                name: np.bincount(split.labels, minlength=len(classes)).tolist() for name, split in splits.items()
+            },
             checksums=checksums,
             mean=mean,
             std=std,
@@ -132,8 +134,10 @@ def load_store(directory: Path, verify: bool = False) -> tuple[Manifest, dict[st
             if sha256(directory / name) != expected:
                 raise CnnpipeError(f"{directory / name}: checksum differs from {MANIFEST}; rerun `dvc repro pull`")
     splits = {
-        name: Split(np.load(directory / f"{name}_images.npy", mmap_mode="r"),
-                    np.load(directory / f"{name}_labels.npy", mmap_mode="r"))
+        name: Split(
+            np.load(directory / f"{name}_images.npy", mmap_mode="r"),
+            np.load(directory / f"{name}_labels.npy", mmap_mode="r"),
+        )
         for name in manifest.counts
     }
     return manifest, splits

@@ -35,8 +35,13 @@ class EpochHistory(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = max(self._last_batch - self._started, 1e-9)  # training only: validation is not counted
         row = {"epoch": trainer.current_epoch}
-        row.update({key: float(value) for key, value in sorted(trainer.callback_metrics.items())
-                    if key.startswith(("train/", "val/"))})
+        row.update(
+            {
+                key: float(value)
+                for key, value in sorted(trainer.callback_metrics.items())
+                if key.startswith(("train/", "val/"))
+            }
+        )
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         row["epoch_time"] = seconds
         row["images_per_sec"] = self._images * trainer.world_size / seconds

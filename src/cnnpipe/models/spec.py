@@ -134,12 +134,14 @@ def _window_shape(name: str, spec: Conv | Pool, shape: Shape) -> Shape:
     padding = conv_padding(spec) if isinstance(spec, Conv) else _pair(spec.padding)
     if isinstance(spec, Pool) and any(p > k // 2 for p, k in zip(padding, kernel, strict=True)):
         raise CnnpipeError(f"model.layers: layer '{name}': padding {padding} must be at most half the kernel {kernel}")
-    out = [_window_out(n, k, s, p, d) for n, k, s, p, d in zip((height, width), kernel, stride, padding, dilation)]
+    axes = zip((height, width), kernel, stride, padding, dilation, strict=True)
+    out = [_window_out(n, k, s, p, d) for n, k, s, p, d in axes]
     out_channels = spec.out if isinstance(spec, Conv) else channels
     if min(out) < 1:
         raise CnnpipeError(
             f"model.layers: layer '{name}' ({spec.type}, kernel {kernel}, stride {stride}, padding {padding}) "
-            f"turns its input [{channels}, {height}, {width}] into an empty output [{out_channels}, {out[0]}, {out[1]}]; "
+            f"turns its input [{channels}, {height}, {width}] into an empty output "
+            f"[{out_channels}, {out[0]}, {out[1]}]; "
             "use a smaller kernel or stride, add padding, or remove a down-sampling layer before it"
         )
     return (out_channels, *out)

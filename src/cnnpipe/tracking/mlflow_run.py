@@ -120,7 +120,9 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     if experiment is None:
         return client.create_experiment(name)
     if experiment.lifecycle_stage == "deleted":
-        raise CnnpipeError(f"mlflow.experiment: '{name}' is deleted in the tracking store; restore it or pick a new name")
+        raise CnnpipeError(
+            f"mlflow.experiment: '{name}' is deleted in the tracking store; restore it or pick a new name"
+        )
     return experiment.experiment_id
 
 

@@ -92,8 +92,3 @@ def test_flatten_sees_the_whole_input_and_json_has_the_documented_keys():
     fields = receptive_fields(network, (1, 28, 28))
     assert fields[2].rf == (28, 28) and fields[-1].out_shape == (3,)
     assert '"rf": [' in to_json(fields, (1, 28, 28)) and '"jump"' in to_json(fields, (1, 28, 28))
-
-
-def test_unknown_module_is_an_error_naming_its_type():
-    with pytest.raises(CnnpipeError, match="module type Upsample is not supported"):
-        receptive_fields(nn.Sequential(nn.Upsample(scale_factor=2)), (1, 8, 8))

@@ -34,18 +34,45 @@ def _input_shape(text: str) -> tuple[int, int, int]:
 def _check(args: argparse.Namespace) -> None:
     """Validates params.yaml and prints each layer's [C, H, W] for the pulled data (or --input)."""
     params = load_params(args.params)
-    from cnnpipe import paths
-    from cnnpipe.data.store import load_manifest
     from cnnpipe.models.network import print_shapes
     from cnnpipe.models.spec import plan_layers
 
-    if args.input:
-        shape, classes = args.input, args.classes
-    else:
-        manifest = load_manifest(paths.PULLED)
-        shape, classes = tuple(manifest.shape), manifest.num_classes
+    shape, classes = _data_shape(args)
     print_shapes(plan_layers(params.model.layers, shape, classes))
     Console().print(f"{args.params}: valid")
+
+
+def _rf(args: argparse.Namespace) -> None:
+    """Receptive field, jump and start of every layer of MODEL: `params` or torchvision:NAME."""
+    from cnnpipe.analysis import models, receptive_field
+
+    if args.model.startswith(models.TORCHVISION_PREFIX):
+        model, shape = models.torchvision_model(args.model.removeprefix(models.TORCHVISION_PREFIX))
+        if args.input and args.input[0] != 3:
+            raise CnnpipeError(f"--input: torchvision classifiers take 3 channels, got {args.input[0]}")
+    elif args.model == "params":
+        params = load_params(args.params)
+        shape, classes = _data_shape(args)
+        model = models.params_model(params, shape, classes)
+    else:
+        raise CnnpipeError(f"MODEL: {args.model!r} is not 'params' or torchvision:NAME (e.g. torchvision:resnet18)")
+    shape = args.input or shape
+    layers = receptive_field.receptive_fields(model, shape)
+    if args.json:
+        print(receptive_field.to_json(layers, shape))
+    else:
+        Console().print(receptive_field.to_table(layers, title=f"Receptive field of {args.model}, input {list(shape)}"))
+
+
+def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
+    """--input if given, else the pulled data's [C, H, W]; with the number of classes."""
+    if args.input:
+        return args.input, args.classes
+    from cnnpipe import paths
+    from cnnpipe.data.store import load_manifest
+
+    manifest = load_manifest(paths.PULLED)
+    return tuple(manifest.shape), manifest.num_classes
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,14 +84,19 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help=_check.__doc__)
     check.add_argument("--input", type=_input_shape, help="C,H,W instead of the pulled data's shape")
     check.add_argument("--classes", type=int, default=10, help="number of classes, with --input")
+    rf = commands.add_parser("rf", help=_rf.__doc__)
+    rf.add_argument("model", help="params (the model of params.yaml) or torchvision:NAME")
+    rf.add_argument("--input", type=_input_shape, help="C,H,W (default: the data's shape, or the model's own)")
+    rf.add_argument("--classes", type=int, default=10, help="number of classes, with params and --input")
+    rf.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command == "check":
-            _check(args)
+        if args.command in ("check", "rf"):
+            {"check": _check, "rf": _rf}[args.command](args)
         else:
             importlib.import_module(f"cnnpipe.stages.{args.command}").run(load_params(args.params))
     except CnnpipeError as error:

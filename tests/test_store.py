@@ -1,62 +1,65 @@
-"""The compact image store and the pull stage."""
+"""The compact image store: round trip, checksums, and a failed write that leaves the old store alone."""
 
 import json
 
 import numpy as np
 import pytest
 
-from cnnpipe.config import parse_params
 from cnnpipe.data.store import Split, load_manifest, load_store, save_store
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.stages import pull
+
+FILES = sorted([f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("images", "labels")] + ["manifest.json"])
 
 
 def splits(rng, n=40):
     def make(count):
-        return Split(
-            rng.integers(0, 256, (count, 6, 5, 3), dtype=np.uint8),
-            rng.integers(0, 4, count).astype(np.int64),
-        )
+        return Split(rng.integers(0, 256, (count, 6, 5, 3), dtype=np.uint8), rng.integers(0, 4, count).astype(np.int64))
+
     return {"train": make(n), "val": make(n // 4), "test": make(n // 2)}
 
 
 def test_round_trip_with_manifest_and_checksums(tmp_path):
     data = splits(np.random.default_rng(0))
     manifest = save_store(tmp_path / "store", data, ["a", "b", "c", "d"], "imagefolder", 7, 0.2)
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(
-        [f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("images", "labels")] + ["manifest.json"]
-    )
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == FILES
     loaded, arrays = load_store(tmp_path / "store", verify=True)
     assert loaded == manifest == load_manifest(tmp_path / "store")
-    assert loaded.shape == (3, 6, 5) and loaded.counts == {"train": 40, "val": 10, "test": 20}
-    assert sum(loaded.class_counts["train"]) == 40
-    expected_mean = data["train"].images.reshape(-1, 3).mean(axis=0) / 255
-    assert np.allclose(loaded.mean, expected_mean, atol=1e-5)
+    assert loaded.shape == (3, 6, 5) and loaded.num_classes == 4 and (loaded.seed, loaded.val_fraction) == (7, 0.2)
+    assert loaded.counts == {"train": 40, "val": 10, "test": 20}
+    assert loaded.class_counts["val"] == np.bincount(data["val"].labels, minlength=4).tolist()
+    pixels = data["train"].images.reshape(-1, 3) / 255
+    assert np.allclose(loaded.mean, pixels.mean(axis=0), atol=1e-5)
+    assert np.allclose(loaded.std, pixels.std(axis=0), atol=1e-5)
     for name, split in data.items():
+        assert isinstance(arrays[name].images, np.memmap)
+        assert arrays[name].images.dtype == np.uint8 and arrays[name].labels.dtype == np.int64
         assert np.array_equal(arrays[name].images, split.images)
         assert np.array_equal(arrays[name].labels, split.labels)
 
 
-def test_a_corrupted_file_fails_verification_naming_it(tmp_path):
+def test_a_corrupted_or_missing_file_is_named(tmp_path):
     save_store(tmp_path / "store", splits(np.random.default_rng(1)), list("abcd"), "x", 0, 0.1)
     labels = np.load(tmp_path / "store/val_labels.npy")
     np.save(tmp_path / "store/val_labels.npy", labels[::-1])
-    with pytest.raises(CnnpipeError, match=r"val_labels.npy: checksum differs"):
+    load_store(tmp_path / "store")  # without verify the files are only opened
+    with pytest.raises(CnnpipeError, match=r"val_labels.npy: checksum differs from manifest.json"):
         load_store(tmp_path / "store", verify=True)
-    with pytest.raises(CnnpipeError, match=r"no image store; run `dvc repro pull`"):
+    (tmp_path / "store/test_images.npy").unlink()
+    with pytest.raises(CnnpipeError, match=r"test_images.npy: missing from the image store"):
+        load_store(tmp_path / "store")
+    with pytest.raises(CnnpipeError, match=r"nowhere: no image store; run `dvc repro pull`"):
         load_store(tmp_path / "nowhere")
+    (tmp_path / "store/manifest.json").write_text("{}")
+    with pytest.raises(CnnpipeError, match=r"manifest.json: not a cnnpipe manifest"):
+        load_manifest(tmp_path / "store")
 
 
-def test_pull_writes_the_store_and_a_failed_pull_keeps_the_old_one(tmp_path, raw_params):
-    raw_params["data"].update(classes=["Sandal", "Sneaker", "Ankle boot"], cache_dir=str(tmp_path / "cache"))
-    manifest = pull.run(parse_params(raw_params), out=tmp_path / "pulled")
-    assert manifest.classes == ["Sandal", "Sneaker", "Ankle boot"]
-    assert manifest.counts == {"train": 16200, "val": 1800, "test": 3000}
-    assert manifest.class_counts["val"] == [600, 600, 600]  # stratified
-    before = (tmp_path / "pulled/manifest.json").read_text()
-
-    raw_params["data"]["classes"] = ["Sandals"]
-    with pytest.raises(CnnpipeError, match="data.classes: unknown class 'Sandals'"):
-        pull.run(parse_params(raw_params), out=tmp_path / "pulled")
-    assert (tmp_path / "pulled/manifest.json").read_text() == before
-    assert json.loads(before)["seed"] == 42
+def test_a_failed_save_leaves_the_existing_store_untouched(tmp_path):
+    first = save_store(tmp_path / "store", splits(np.random.default_rng(2)), list("abcd"), "x", 0, 0.1)
+    broken = splits(np.random.default_rng(3))
+    broken["test"] = Split(broken["test"].images, -broken["test"].labels - 1)  # fails after the arrays are written
+    with pytest.raises(ValueError):
+        save_store(tmp_path / "store", broken, list("abcd"), "x", 0, 0.1)
+    assert load_store(tmp_path / "store", verify=True)[0] == first
+    assert json.loads((tmp_path / "store/manifest.json").read_text())["checksums"] == first.checksums
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # no staging folder left behind

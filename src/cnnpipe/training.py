@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,8 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     pl.seed_everything(params.seed, workers=True, verbose=False)
     run, ckpt_path = _start_or_resume(params, where, key)
     history = EpochHistory(where.metrics / "train_history.csv", run)
+    # state.json lives beside the checkpoints on purpose; Lightning's warning about a non-empty folder is noise.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     trainer = build_trainer(params.train, where.checkpoints, [history])
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -10,6 +10,8 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from rich.progress import wrap_file
+
 from cnnpipe.errors import CnnpipeError
 
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -39,21 +41,48 @@ def fetch_archive(location: str, cache_dir: Path) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
+    partial = target.with_name(target.name + ".part")  # renamed only when complete: no half archive is reused
     try:
-        with urllib.request.urlopen(location, timeout=60) as response, partial.open("wb") as handle:
-            shutil.copyfileobj(response, handle)
+        with urllib.request.urlopen(location, timeout=60) as response:
+            size = int(response.headers.get("Content-Length") or 0)
+            with (
+                wrap_file(response, total=size, description=f"Downloading {location}") as reading,
+                partial.open("wb") as handle,
+            ):
+                shutil.copyfileobj(reading, handle)
     except (urllib.error.URLError, OSError) as exc:
         partial.unlink(missing_ok=True)
-        raise CnnpipeError(f"data.path: could not download {location}: {getattr(exc, 'reason', exc)}") from None
+        http = isinstance(exc, urllib.error.HTTPError)
+        reason = f"HTTP {exc.code} {exc.reason}" if http else getattr(exc, "reason", exc)
+        raise CnnpipeError(f"data.path: could not download {location}: {reason}") from None
     partial.rename(target)
     return target
 
 
-def _check_member(name: str, destination: Path) -> None:
-    target = (destination / name).resolve()
-    if PurePosixPath(name).is_absolute() or not target.is_relative_to(destination.resolve()):
+def _refuse_outside(name: str, destination: Path) -> None:
+    """zipfile and tarfile's "data" filter both quietly strip a leading '/'; a member that tries it is refused."""
+    inside = (destination / name).resolve().is_relative_to(destination.resolve())
+    if PurePosixPath(name).is_absolute() or not inside:
         raise CnnpipeError(f"data.path: archive member {name!r} would be extracted outside the target folder; refused")
+
+
+def _extract_members(archive: Path, destination: Path) -> None:
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as bundle:
+            for name in bundle.namelist():
+                _refuse_outside(name, destination)
+            bundle.extractall(destination)
+        return
+    with tarfile.open(archive) as bundle:
+        for member in bundle.getmembers():
+            _refuse_outside(member.name, destination)
+        try:
+            bundle.extractall(destination, filter="data")  # refuses links that point outside, device files
+        except tarfile.FilterError as exc:
+            raise CnnpipeError(
+                f"data.path: archive member {exc.tarinfo.name!r} refused: {exc}; only plain files and folders "
+                "inside the archive are extracted"
+            ) from None
 
 
 def extract(archive: Path, destination: Path) -> Path:
@@ -62,18 +91,7 @@ def extract(archive: Path, destination: Path) -> Path:
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
     try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as bundle:
-                for name in bundle.namelist():
-                    _check_member(name, destination)
-                bundle.extractall(destination)
-        else:
-            with tarfile.open(archive) as bundle:
-                for member in bundle.getmembers():
-                    _check_member(member.name, destination)
-                    if member.issym() or member.islnk():
-                        _check_member(str(PurePosixPath(member.name).parent / member.linkname), destination)
-                bundle.extractall(destination, filter="data")  # the standard library's own guard, too
+        _extract_members(archive, destination)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         shutil.rmtree(destination, ignore_errors=True)
         raise CnnpipeError(f"data.path: {archive} is not a readable archive: {exc}") from None

@@ -8,28 +8,28 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import track
 from torchvision import datasets
-from torchvision.datasets.utils import check_integrity
+from torchvision.datasets.utils import check_integrity, extract_archive
 
 from cnnpipe.config import DataConfig
 from cnnpipe.data.archive import extract, fetch_archive
 from cnnpipe.data.store import Split
 from cnnpipe.errors import CnnpipeError
 
-console = Console()
+console = Console(soft_wrap=True)  # notes stay one line each in DVC's logs, however long the path
 IMAGEFOLDER_TEST_FRACTION = 0.2  # an imagefolder without train/ and test/ subfolders gives 20% to test
-# Debian's dataset-fashion-mnist package recompresses torchvision's files: the .gz MD5s differ, the decompressed
-# contents are the same. These are the SHA-256 sums of the decompressed files.
+GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# Debian's dataset-fashion-mnist package recompresses torchvision's files: the .gz MD5s differ, the
+# decompressed contents are the same. These are the SHA-256 sums of the decompressed files.
 CONTENT_SHA256 = {
     "fashion-mnist": {
         "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -48,12 +48,15 @@ class Images:
     classes: list[str]
 
 
+# ---- torchvision data sets ------------------------------------------------------------------------------
+
+
 def _raw_files(source: str) -> list[tuple[str, str]]:
     """The files torchvision reads for `source`, with the MD5 sums torchvision lists for them."""
     dataset = _TORCHVISION[source]
     if source == "cifar10":
         return [(dataset.filename, dataset.tgz_md5)]
-    return list(dataset.resources) if isinstance(dataset.resources[0], tuple) else []
+    return [(Path(name).name, md5) for name, md5 in dataset.resources]
 
 
 def _raw_folder(source: str, root: Path) -> Path:
@@ -65,81 +68,97 @@ def _verified(path: Path, source: str, md5: str) -> bool:
     if check_integrity(str(path), md5):
         return True
     expected = CONTENT_SHA256.get(source, {}).get(path.name)
-    if expected is None or not path.exists():
+    if expected is None:
         return False
-    with gzip.open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest() == expected
-
-
-def _install(path: Path, target: Path) -> None:
-    """Puts a verified file where torchvision reads it: archives as they are, idx files decompressed."""
-    target.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith("-ubyte.gz"):
-        with gzip.open(path, "rb") as packed, (target / path.name.removesuffix(".gz")).open("wb") as plain:
-            shutil.copyfileobj(packed, plain)
-    else:
-        shutil.copyfile(path, target / path.name)
+    try:
+        with gzip.open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest() == expected
+    except (OSError, EOFError):  # a truncated or non-gzip file
+        return False
 
 
 def _copy_from_mirror(source: str, mirrors: list[Path], root: Path) -> bool:
-    """Installs the first mirror whose files all pass the checksums. MNIST and Fashion-MNIST share file
-    names, so a name alone proves nothing."""
-    files = [(Path(url).name, md5) for url, md5 in _raw_files(source)]
+    """Unpacks the first mirror whose files all pass the checksums where torchvision reads them.
+    MNIST and Fashion-MNIST share file names, so a name alone proves nothing."""
+    files = _raw_files(source)
     for mirror in mirrors:
-        if not all((mirror / name).exists() for name, _ in files):
+        if not all((mirror / name).is_file() for name, _ in files):
             continue
         if not all(_verified(mirror / name, source, md5) for name, md5 in files):
-            console.print(
-                f"[yellow]note:[/] {mirror} holds files named like {source}'s, but their checksums differ; skipped"
-            )
+            console.print(f"[yellow]note:[/] {mirror}: files named like {source}'s fail its checksums; skipped")
             continue
+        _raw_folder(source, root).mkdir(parents=True, exist_ok=True)
         for name, _ in files:
-            _install(mirror / name, _raw_folder(source, root))
+            extract_archive(mirror / name, _raw_folder(source, root))  # .gz decompressed, .tar.gz unpacked
         return True
     return False
 
 
-def _torchvision_split(source: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, list]:
-    try:
-        dataset = _TORCHVISION[source](str(root), train=train, download=download)
-    except (RuntimeError, OSError) as exc:
-        raise CnnpipeError(
-            f"data.mirrors: no mirror holds {source} with valid checksums and the download failed ({exc}); "
-            "add a mirror directory or allow data.download on a machine with internet"
-        ) from None
+def _torchvision_split(source: str, root: Path, train: bool, download: bool) -> tuple[Split, list[str]]:
+    dataset = _TORCHVISION[source](str(root), train=train, download=download)
     images = np.asarray(dataset.data, dtype=np.uint8)
     if images.ndim == 3:
         images = images[..., None]
-    return images, np.asarray(dataset.targets, dtype=np.int64), list(dataset.classes)
+    return Split(images, np.asarray(dataset.targets, dtype=np.int64)), list(dataset.classes)
 
 
 def load_torchvision(cfg: DataConfig) -> Images:
+    """Verified mirror files first, then what an earlier download left in the cache, then a download."""
     root = cfg.cache_dir / cfg.source
     found = _copy_from_mirror(cfg.source, cfg.mirrors, root)
-    if not found and not cfg.download:
+    download = cfg.download and not found
+    try:
+        train, classes = _torchvision_split(cfg.source, root, True, download)
+        test, _ = _torchvision_split(cfg.source, root, False, False)
+    except (RuntimeError, OSError) as exc:
+        mirrors = [str(mirror) for mirror in cfg.mirrors]
+        if not download:
+            raise CnnpipeError(
+                f"data.mirrors: none of {mirrors} holds {cfg.source}'s files with valid checksums, and "
+                "data.download is false; add a mirror directory with torchvision's files or allow data.download"
+            ) from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CnnpipeError(
-            f"data.mirrors: none of {[str(m) for m in cfg.mirrors]} holds {cfg.source}'s files with valid "
-            "checksums, and data.download is false"
-        )
-    train_images, train_labels, classes = _torchvision_split(cfg.source, root, True, not found)
-    test_images, test_labels, _ = _torchvision_split(cfg.source, root, False, False)
-    return Images(Split(train_images, train_labels), Split(test_images, test_labels), classes)
+            f"data.download: downloading {cfg.source} failed ({reason}), and none of data.mirrors {mirrors} "
+            "holds its files with valid checksums; add a mirror directory with torchvision's files"
+        ) from None
+    return Images(train, test, classes)
+
+
+def convert(images: np.ndarray, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    """Greyscale <-> RGB (ITU-R 601 luminance, as PIL's "L") and resizing, for data sets that come as arrays."""
+    if channels == 3 and images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    elif channels == 1 and images.shape[-1] == 3:
+        images = (images @ np.array([0.299, 0.587, 0.114]))[..., None].round().astype(np.uint8)
+    if size is not None and tuple(size) != images.shape[1:3]:
+        resized = []
+        for start in range(0, len(images), 4096):  # chunks: 60k images never become float32 at once
+            chunk = np.ascontiguousarray(images[start : start + 4096])
+            chunk = torch.from_numpy(chunk).permute(0, 3, 1, 2).float()
+            chunk = F.interpolate(chunk, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+            resized.append(chunk.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
+        images = np.concatenate(resized)
+    return images
+
+
+# ---- image folders --------------------------------------------------------------------------------------
 
 
 def _image_files(folder: Path) -> dict[str, list[Path]]:
-    extensions = {suffix for suffix, _ in Image.registered_extensions().items()}
-    classes = sorted(entry for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    """Class name (sorted subfolder names) -> its image files; other files are skipped with a note."""
+    extensions = set(Image.registered_extensions())
+    class_dirs = sorted(entry for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     files = {}
-    for class_dir in classes:
-        images = sorted(path for path in class_dir.rglob("*") if path.suffix.lower() in extensions and path.is_file())
-        skipped = sum(1 for path in class_dir.rglob("*") if path.is_file()) - len(images)
-        if skipped:
+    for class_dir in class_dirs:
+        every = sorted(path for path in class_dir.rglob("*") if path.is_file())
+        files[class_dir.name] = [path for path in every if path.suffix.lower() in extensions]
+        if skipped := len(every) - len(files[class_dir.name]):
             console.print(f"[yellow]note:[/] skipped {skipped} non-image file(s) in {class_dir}")
-        files[class_dir.name] = images
-    if not files or not any(files.values()):
-        raise CnnpipeError(f"data.path: {folder} holds no class subfolders with images (expected {folder}/CLASS/IMAGE)")
+    if not any(files.values()):
+        raise CnnpipeError(f"data.path: {folder} holds no class subfolders with images ({folder}/CLASS/IMAGE)")
     if empty := [name for name, images in files.items() if not images]:
-        raise CnnpipeError(f"data.path: class folder(s) {empty} in {folder} hold no images; add images or remove them")
+        raise CnnpipeError(f"data.path: class folder(s) {empty} in {folder} hold no images; add some or remove them")
     return files
 
 
@@ -147,50 +166,66 @@ def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-        return image
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CnnpipeError(f"data.path: cannot read image {path}: {exc}") from None
+    return ImageOps.exif_transpose(image)  # photos stored sideways with an EXIF rotation come out upright
+
+
+def _mode(path: Path) -> str:
+    """The image's mode from its header alone (no pixels decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.mode
     except (UnidentifiedImageError, OSError) as exc:
         raise CnnpipeError(f"data.path: cannot read image {path}: {exc}") from None
 
 
-def _read_folder(folder: Path, classes: list[str], size: tuple[int, int] | None, mode: str) -> Split:
-    files = _image_files(folder)
-    if unknown := sorted(set(files) - set(classes)):
-        raise CnnpipeError(f"data.path: {folder} has class folder(s) {unknown} that train/ does not have")
+def _read_images(
+    files: dict[str, list[Path]], classes: list[str], size: tuple[int, int] | None, mode: str, what: str
+) -> Split:
     paths = [(path, classes.index(name)) for name, images in files.items() for path in images]
     images = []
-    for path, _ in track(paths, description=f"Reading {folder.name}", console=console):
+    for path, _ in track(paths, description=f"Reading {what}", console=console):
         image = _open(path).convert(mode)
         if size is not None:
             image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         elif images and image.size != images[0].shape[1::-1]:
+            height, width = images[0].shape[:2]
             raise CnnpipeError(
-                f"data.image_size: images differ in size ({path} is {image.size[0]}x{image.size[1]}, others "
-                f"{images[0].shape[1]}x{images[0].shape[0]} W x H); set data.image_size: [H, W] to resize them"
+                f"data.image_size: images differ in size ({path} is {image.size[1]}x{image.size[0]}, others "
+                f"{height}x{width}, H x W); set data.image_size: [H, W] to resize them"
             )
         array = np.asarray(image, dtype=np.uint8)
         images.append(array[..., None] if array.ndim == 2 else array)
     return Split(np.stack(images), np.array([label for _, label in paths], dtype=np.int64))
 
 
-def _greyscale_folder(folder: Path) -> bool:
-    return all(
-        Image.open(path).mode in ("L", "1", "I;16", "I") for images in _image_files(folder).values() for path in images
-    )
-
-
 def load_imagefolder(folder: Path, cfg: DataConfig, seed: int) -> Images:
+    """`folder`/CLASS/IMAGE, or `folder`/{train,test}/CLASS/IMAGE; without the latter a seeded, stratified
+    IMAGEFOLDER_TEST_FRACTION of every class becomes the test split."""
     if not folder.is_dir():
         raise CnnpipeError(f"data.path: {folder} is not a directory of class subfolders")
     has_splits = (folder / "train").is_dir() and (folder / "test").is_dir()
-    train_dir = folder / "train" if has_splits else folder
-    channels = cfg.channels or (1 if _greyscale_folder(train_dir) else 3)
+    parts = {"train": folder / "train", "test": folder / "test"} if has_splits else {"images": folder}
+    files = {name: _image_files(where) for name, where in parts.items()}
+    classes = list(files["train" if has_splits else "images"])
+    if has_splits and (unknown := sorted(set(files["test"]) - set(classes))):
+        raise CnnpipeError(f"data.path: {folder}/test has class folder(s) {unknown} that {folder}/train lacks")
+    every = [path for part in files.values() for images in part.values() for path in images]
+    channels = cfg.channels or (1 if all(_mode(path) in GREYSCALE_MODES for path in every) else 3)
     mode = "L" if channels == 1 else "RGB"
-    classes = list(_image_files(train_dir))
-    train = _read_folder(train_dir, classes, cfg.image_size, mode)
-    if has_splits:
-        test = _read_folder(folder / "test", classes, cfg.image_size or train.images.shape[1:3], mode)
-    else:
-        train, test = stratified_split(train, IMAGEFOLDER_TEST_FRACTION, seed)
+    splits = {
+        name: _read_images(part, classes, cfg.image_size, mode, f"{parts[name].name}/") for name, part in files.items()
+    }
+    if not has_splits:
+        train, test = stratified_split(splits["images"], IMAGEFOLDER_TEST_FRACTION, seed)
+        return Images(train, test, classes)
+    train, test = splits["train"], splits["test"]
+    if train.images.shape[1:3] != test.images.shape[1:3]:
+        raise CnnpipeError(
+            f"data.image_size: {folder}/train images are {train.images.shape[1:3]} (H, W) but test images "
+            f"{test.images.shape[1:3]}; set data.image_size: [H, W] to resize them"
+        )
     return Images(train, test, classes)
 
 
@@ -200,20 +235,7 @@ def load_archive(cfg: DataConfig, seed: int) -> Images:
     return load_imagefolder(extract(archive, cfg.cache_dir / "extracted" / key), cfg, seed)
 
 
-def convert(images: np.ndarray, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
-    """Greyscale <-> RGB (ITU-R 601 luminance) and resizing, for data sets that come as arrays."""
-    if channels == 3 and images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    elif channels == 1 and images.shape[-1] == 3:
-        images = (images @ np.array([0.299, 0.587, 0.114]))[..., None].round().astype(np.uint8)
-    if size is not None and tuple(size) != images.shape[1:3]:
-        resized = []
-        for start in range(0, len(images), 4096):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + 4096])).permute(0, 3, 1, 2).float()
-            chunk = F.interpolate(chunk, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-            resized.append(chunk.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
-        images = np.concatenate(resized)
-    return images
+# ---- common to all sources ------------------------------------------------------------------------------
 
 
 def select_classes(data: Images, wanted: list[str]) -> Images:
@@ -233,9 +255,10 @@ def select_classes(data: Images, wanted: list[str]) -> Images:
 
 
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Moves `fraction` of every class (at least one image of a class with two or more) to the second part."""
+    """Moves round(`fraction` x size) of every class to the second part (at least one image of a class with
+    two or more), chosen by a generator seeded with `seed`; the order within each part is kept."""
     rng = np.random.default_rng(seed)
-    held_out = []
+    held_out = [np.empty(0, dtype=np.int64)]
     for label in np.unique(split.labels):
         members = rng.permutation(np.flatnonzero(split.labels == label))
         count = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
@@ -253,8 +276,9 @@ def load(cfg: DataConfig, seed: int) -> Images:
         data = load_archive(cfg, seed)
     else:
         data = load_torchvision(cfg)
-        data = Images(
-            *(Split(convert(s.images, cfg.channels, cfg.image_size), s.labels) for s in (data.train, data.test)),
-            data.classes,
+        train, test = (
+            Split(convert(split.images, cfg.channels, cfg.image_size), split.labels)
+            for split in (data.train, data.test)
         )
+        data = Images(train, test, data.classes)
     return select_classes(data, cfg.classes)

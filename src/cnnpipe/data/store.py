@@ -105,24 +105,41 @@ def save_store(
             val_fraction=val_fraction,
         )
         (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
-        old = directory.with_name(f".{directory.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            directory.rename(old)
-        staging.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Two renames, so the old store is only removed once the new one is in place."""
+    old = directory.with_name(f".{directory.name}-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    try:
+        staging.rename(directory)
+    except OSError:
+        if old.exists():
+            old.rename(directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_manifest(directory: Path) -> Manifest:
     path = Path(directory) / MANIFEST
     if not path.exists():
         raise CnnpipeError(f"{directory}: no image store; run `dvc repro pull` (or `cnnpipe pull`) first")
-    fields = json.loads(path.read_text())
-    fields["shape"] = tuple(fields["shape"])
-    return Manifest(**fields)
+    try:
+        fields = json.loads(path.read_text())
+        fields["shape"] = tuple(fields["shape"])
+        return Manifest(**fields)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CnnpipeError(f"{path}: not a cnnpipe manifest ({exc}); rerun `dvc repro pull`") from None
+
+
+def _missing(path: Path) -> CnnpipeError:
+    return CnnpipeError(f"{path}: missing from the image store; rerun `dvc repro pull`")
 
 
 def load_store(directory: Path, verify: bool = False) -> tuple[Manifest, dict[str, Split]]:
@@ -131,13 +148,18 @@ def load_store(directory: Path, verify: bool = False) -> tuple[Manifest, dict[st
     manifest = load_manifest(directory)
     if verify:
         for name, expected in manifest.checksums.items():
+            if not (directory / name).is_file():
+                raise _missing(directory / name)
             if sha256(directory / name) != expected:
                 raise CnnpipeError(f"{directory / name}: checksum differs from {MANIFEST}; rerun `dvc repro pull`")
-    splits = {
-        name: Split(
-            np.load(directory / f"{name}_images.npy", mmap_mode="r"),
-            np.load(directory / f"{name}_labels.npy", mmap_mode="r"),
-        )
-        for name in manifest.counts
-    }
+    try:
+        splits = {
+            name: Split(
+                np.load(directory / f"{name}_images.npy", mmap_mode="r"),
+                np.load(directory / f"{name}_labels.npy", mmap_mode="r"),
+            )
+            for name in manifest.counts
+        }
+    except FileNotFoundError as exc:
+        raise _missing(Path(exc.filename)) from None
     return manifest, splits

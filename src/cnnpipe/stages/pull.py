@@ -15,7 +15,7 @@ def run(params: Params, out: Path = paths.PULLED) -> Manifest:
     train, val = sources.stratified_split(data.train, params.data.val_fraction, params.seed)
     splits: dict[str, Split] = {"train": train, "val": val, "test": data.test}
     manifest = save_store(out, splits, data.classes, params.data.source, params.seed, params.data.val_fraction)
-    console = Console()
+    console = Console(soft_wrap=True)  # the class list stays on one line
     for name, count in manifest.counts.items():
         console.print(f"{name:>5}: {count:6d} images {list(manifest.shape)}")
     console.print(f"{manifest.num_classes} classes: {', '.join(manifest.classes)} -> {out}")

@@ -64,6 +64,20 @@ def _rf(args: argparse.Namespace) -> None:
         Console().print(receptive_field.to_table(layers, title=f"Receptive field of {args.model}, input {list(shape)}"))
 
 
+def _kernels(args: argparse.Namespace) -> None:
+    """Filters IMAGE with one of the lecture's kernels and writes the feature map as a PNG."""
+    from cnnpipe.analysis import kernels
+
+    image = kernels.read_greyscale(args.image)
+    feature_map = kernels.filter_image(image, args.kernel, args.stride, args.padding)
+    output = args.output or args.image.with_name(f"{args.image.stem}-{args.kernel}.png")
+    kernels.to_png(feature_map, output)
+    Console().print(
+        f"{list(image.shape)} * {args.kernel} (stride {args.stride}, padding {args.padding}) "
+        f"= {list(feature_map.shape)} -> {output}"
+    )
+
+
 def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
     """--input if given, else the pulled data's [C, H, W]; with the number of classes."""
     if args.input:
@@ -73,6 +87,9 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
 
     manifest = load_manifest(paths.PULLED)
     return tuple(manifest.shape), manifest.num_classes
+
+
+TOOLS = {"check": _check, "rf": _rf, "kernels": _kernels}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,14 +106,24 @@ def parser() -> argparse.ArgumentParser:
     rf.add_argument("--input", type=_input_shape, help="C,H,W (default: the data's shape, or the model's own)")
     rf.add_argument("--classes", type=int, default=10, help="number of classes, with params and --input")
     rf.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    filters = commands.add_parser("kernels", help=_kernels.__doc__)
+    filters.add_argument("image", type=Path, help="any image PIL reads; it is filtered in greyscale")
+    filters.add_argument(
+        "--kernel",
+        required=True,
+        help="vertical_edge, horizontal_edge, sobel_x, sobel_y, laplacian, box_blur, sharpen, emboss or lecture_x",
+    )
+    filters.add_argument("--stride", type=int, default=1)
+    filters.add_argument("--padding", type=int, default=0)
+    filters.add_argument("--output", type=Path, help="the PNG to write (default: IMAGE-KERNEL.png beside it)")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command in ("check", "rf"):
-            {"check": _check, "rf": _rf}[args.command](args)
+        if args.command in TOOLS:
+            TOOLS[args.command](args)
         else:
             importlib.import_module(f"cnnpipe.stages.{args.command}").run(load_params(args.params))
     except CnnpipeError as error:

@@ -87,6 +87,10 @@ class ModelConfig(_Section):
     """The CNN body as a list of layers; the head is appended from the number of classes."""
 
     layers: list[LayerSpec] = Field(min_length=1)
+    fixed_first_layer: list[str] = Field(
+        default_factory=list,
+        description="hand-made kernels (vertical_edge, sobel_x, ...) the first conv starts from, frozen",
+    )
 
 
 class EarlyStoppingConfig(_Section):

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from cnnpipe.analysis import kernels
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.spec import (
     Activation,
     BatchNorm,
@@ -77,6 +79,23 @@ def build_network(plan: list[PlannedLayer], mean: Sequence[float], std: Sequence
     modules = OrderedDict([("normalize", Normalize(mean, std))])
     modules.update((layer.name, _module(layer)) for layer in plan)
     return nn.Sequential(modules)
+
+
+def fix_first_conv(network: nn.Sequential, names: list[str]) -> None:
+    """Starts the first conv layer from the lecture's hand-made kernels and freezes it, so hand-crafted
+    against learned features is one `dvc exp run -S model.fixed_first_layer=[...]`."""
+    conv = next(module for module in network if isinstance(module, nn.Conv2d))
+    if conv.out_channels != len(names) or conv.kernel_size != (3, 3):
+        raise CnnpipeError(
+            f"model.fixed_first_layer: {len(names)} kernel(s) of 3x3 need a first conv layer with out: {len(names)} "
+            f"and kernel: 3, not out: {conv.out_channels}, kernel: {list(conv.kernel_size)}"
+        )
+    with torch.no_grad():
+        for index, name in enumerate(names):  # an RGB image gets the kernel on each channel, averaged
+            conv.weight[index] = kernels.kernel(name).float() / conv.in_channels
+        if conv.bias is not None:
+            conv.bias.zero_()
+    conv.requires_grad_(False)
 
 
 def shape_table(plan: list[PlannedLayer], title: str = "Layer shapes") -> Table:

@@ -1,4 +1,4 @@
-"""The albumentations pipeline: built by name, seeded per batch without correlated transforms, stored copies."""
+"""The albumentations pipeline: built by name, seeded per batch without correlated transforms, copies."""
 
 import albumentations as A
 import numpy as np
@@ -34,8 +34,14 @@ def test_any_transform_by_name_with_yaml_lists_as_ranges():
             r"augment.transforms\[0\]: unknown albumentations transform 'HorizontalFlp'; "
             r"did you mean HorizontalFlip\?",
         ),
-        ({"HorizontalFlip": {"q": 1}}, r"augment.transforms\[0\] \(HorizontalFlip\): unknown argument 'q'; valid: p"),
-        ({"HorizontalFlip": {"p": 2}}, r"augment.transforms\[0\] \(HorizontalFlip\): .*less than or equal to 1"),
+        (
+            {"HorizontalFlip": {"q": 1}},
+            r"augment.transforms\[0\] \(HorizontalFlip\): unknown argument\(s\) 'q'; valid: p",
+        ),
+        (
+            {"HorizontalFlip": {"p": 2}},
+            r"augment.transforms\[0\] \(HorizontalFlip\): .*less than or equal to 1",
+        ),
         ({"Affine": {"rotate": "lots"}}, r"augment.transforms\[0\] \(Affine\): "),
         ({"Compose": {}}, r"unknown albumentations transform 'Compose'"),
     ],
@@ -71,12 +77,59 @@ def test_saved_pipeline_loads_as_the_very_same_pipeline(tmp_path):
     )
 
 
-def test_copies_are_identical_on_any_number_of_workers_and_differ_between_copies():
+def test_nested_composes_are_decorrelated_too():
+    nested = A.Compose([A.Sequential([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)], p=1)])
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
+    flips = []
+    for seed in range(400):
+        augmentation.reseed(nested, (seed, 0, 0, 0))
+        out = nested(image=image)["image"]
+        flips.append((np.array_equal(out, image[:, ::-1]) or np.array_equal(out, image[::-1, ::-1]), out[0, 0, 0]))
+    horizontal = np.array([h for h, _ in flips])
+    # flipped vertically: the top-left pixel came from the bottom row
+    vertical = np.array([corner in (12, 15) for _, corner in flips])
+    assert 0.4 < horizontal.mean() < 0.6 and 0.4 < vertical.mean() < 0.6
+    assert 0.4 < (horizontal == vertical).mean() < 0.6
+
+
+def test_albumentations_own_seeding_correlates_the_transforms():
+    """Why reseed exists: if this starts failing, albumentations has fixed Compose.set_random_seed."""
+    flips = pipeline({"HorizontalFlip": {"p": 0.5}}, {"VerticalFlip": {"p": 0.5}})
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
+    outcomes = []
+    for seed in range(100):
+        flips.set_random_seed(seed)
+        outcomes.append(flips(image=image)["image"])
+    assert all(np.array_equal(o, image) or np.array_equal(o, image[::-1, ::-1]) for o in outcomes)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_images_keep_their_shape_and_a_size_changing_pipeline_is_an_error(channels):
+    images = np.random.default_rng(1).integers(0, 256, (5, 12, 12, channels), dtype=np.uint8)
+    kept = augmentation.augment_images(pipeline({"Rotate": {"limit": 30, "p": 1}}), images, (0, 0, 0, 0))
+    assert kept.shape == images.shape and kept.dtype == np.uint8 and not np.array_equal(kept, images)
+    with pytest.raises(CnnpipeError, match=r"augment.transforms: the pipeline turns a \[12, 12, \d\] image"):
+        augmentation.augment_images(pipeline({"RandomCrop": {"height": 8, "width": 8}}), images, (0, 0, 0, 0))
+
+
+def test_a_missing_or_broken_pipeline_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(CnnpipeError, match="no augmentation pipeline; run `dvc repro augment`"):
+        augmentation.load_pipeline(tmp_path / "pipeline.json")
+    (tmp_path / "pipeline.json").write_text('{"transform": {"__class_fullname__": "NoSuch", "p": 1}}')
+    with pytest.raises(CnnpipeError, match="not an albumentations pipeline") as error:
+        augmentation.load_pipeline(tmp_path / "pipeline.json")
+    assert "\n" not in str(error.value)
+
+
+def test_copies_are_identical_on_any_number_of_workers_and_differ_between_copies(tmp_path):
+    images = np.repeat(IMAGES, 8, axis=0)[: augmentation.CHUNK + 100]  # two chunks per copy
     built = pipeline({"HorizontalFlip": {"p": 0.5}}, {"GaussNoise": {"p": 1}})
-    one = augmentation.make_copies(built, IMAGES, copies=2, seed=3, workers=1)
-    two = augmentation.make_copies(built, IMAGES, copies=2, seed=3, workers=2)
-    assert one.shape == (600, 12, 12, 1) and np.array_equal(one, two)
-    assert not np.array_equal(one[:300], one[300:])
+    augmentation.save_pipeline(built, tmp_path / "pipeline.json")
+    one = augmentation.make_copies(A.to_dict(built), images, copies=2, seed=3, workers=1)
+    two = augmentation.make_copies(tmp_path / "pipeline.json", images, copies=2, seed=3, workers=2)
+    assert one.shape == (2 * len(images), 12, 12, 1) and np.array_equal(one, two)
+    assert not np.array_equal(one[: len(images)], one[len(images) :])
+    assert not np.array_equal(one[:8], one[8:16])  # the 8 repeats of an image got their own draws
 
 
 def test_augment_stage_outputs_and_a_bad_transform_keeps_them(tmp_path, raw_params):
@@ -96,7 +149,15 @@ def test_augment_stage_outputs_and_a_bad_transform_keeps_them(tmp_path, raw_para
     assert np.load(out / "copies_images.npy").shape == (128, 12, 12, 1)
     assert np.array_equal(np.load(out / "copies_labels.npy"), np.tile(split.labels, 2))
 
-    raw_params["augment"]["transforms"] = [{"NoSuchTransform": {}}]
-    with pytest.raises(CnnpipeError, match="NoSuchTransform"):
-        augment.run(parse_params(raw_params), pulled=tmp_path / "pulled", out=out)
-    assert (out / "copies_images.npy").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["augmented", "pulled"]  # no staging folder left
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for transforms, error in (
+        ([{"NoSuchTransform": {}}], "NoSuchTransform"),  # fails before anything is written
+        ([{"RandomCrop": {"height": 8, "width": 8}}], "must keep the size"),  # fails half-way
+    ):
+        raw_params["augment"]["transforms"] = transforms
+        with pytest.raises(CnnpipeError, match=error):
+            augment.run(parse_params(raw_params), pulled=tmp_path / "pulled", out=out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["augmented", "pulled"]

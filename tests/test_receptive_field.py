@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from cnnpipe.analysis.receptive_field import receptive_fields, to_json
-from cnnpipe.errors import CnnpipeError
 
 
 def gradient_twin(network: nn.Sequential) -> nn.Sequential:

@@ -36,3 +36,8 @@ def test_order_is_seeded_and_new_every_epoch_and_keys_carry_the_epoch():
     sampler.set_epoch(1)
     assert indices(sampler) != first and sorted(indices(sampler)) == sorted(first)
     assert {epoch for epoch, _ in sampler} == {1}
+
+
+def test_a_rank_outside_the_world_is_refused():
+    with pytest.raises(ValueError, match="rank 2"):
+        EpochSampler(10, 0, rank=2, world_size=2)

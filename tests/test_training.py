@@ -56,7 +56,12 @@ def test_train_then_evaluate_log_into_one_run(workdir):
         "receptive_field.json",
         "receptive_field.txt",
         "training_curves.png",
+        "receptive_field_growth.png",
+        "effective_receptive_field.png",
     } <= artifacts
+    assert run.data.metrics["rf_final"] == 8  # conv2 after one 2x2 max-pool: 3 + 1 + 2 * 2
+    assert 0 < run.data.metrics["erf_fraction"] <= 1
+    assert "never sees the whole image" in run.data.tags["receptive_field.warning"]
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
 

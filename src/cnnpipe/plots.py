@@ -65,3 +65,44 @@ def training_curves(rows: Sequence[dict[str, float]], path: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend()
     return _save(figure, path)
+
+
+def receptive_field_growth(
+    names: Sequence[str], rf: Sequence[tuple[float, float]], input_hw: tuple[int, int], path: Path
+) -> Path:
+    """Receptive field (H and W) after each layer, against the input size: where the network sees it all."""
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(names)), 4))
+    depth = range(1, len(names) + 1)
+    axes.plot(depth, [value[0] for value in rf], marker="o", label="rf height")
+    axes.plot(depth, [value[1] for value in rf], marker="s", linestyle="--", label="rf width")
+    axes.axhline(input_hw[0], color="grey", linestyle=":", label=f"input {input_hw[0]}x{input_hw[1]}")
+    axes.set_xticks(list(depth), names, rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("receptive field (pixels)")
+    axes.set_title("Receptive field growth with depth")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def erf_heatmap(
+    erf: np.ndarray, box: tuple[float, float, float, float], fraction: float, title: str, path: Path
+) -> Path:
+    """The effective receptive field as a heatmap with the theoretical field of the same unit drawn on it."""
+    top, left, bottom, right = box
+    figure, axes = plt.subplots(figsize=(5, 5))
+    image = axes.imshow(erf, cmap="inferno")
+    axes.add_patch(
+        plt.Rectangle(
+            (left - 0.5, top - 0.5),
+            right - left + 1,
+            bottom - top + 1,
+            fill=False,
+            edgecolor="cyan",
+            linewidth=1.5,
+            label="theoretical field",
+        )
+    )
+    axes.set_title(f"{title}\n95% of the gradient in {fraction:.0%} of the theoretical field", fontsize=9)
+    axes.legend(loc="lower right", fontsize=7)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    return _save(figure, path)

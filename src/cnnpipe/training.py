@@ -5,13 +5,13 @@ Rerunning after an interruption resumes from the last checkpoint into the same M
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
@@ -19,9 +19,11 @@ from pytorch_lightning.utilities.model_summary import ModelSummary
 from rich.console import Console
 
 from cnnpipe import paths, plots
-from cnnpipe.analysis import receptive_field
+from cnnpipe.analysis import report
 from cnnpipe.config import Params, TrainConfig
+from cnnpipe.data import augmentation
 from cnnpipe.data.datamodule import ImageDataModule
+from cnnpipe.data.store import load_store
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.module import CnnClassifier
@@ -29,6 +31,7 @@ from cnnpipe.models.network import shape_table
 from cnnpipe.tracking.mlflow_run import TrackedRun, start_run
 
 console = Console()
+ERF_IMAGES = 32  # validation images the effective receptive field is averaged over
 
 
 @dataclass(frozen=True)
@@ -89,18 +92,18 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callba
     )
 
 
-def _log_model_description(run: TrackedRun, module: CnnClassifier, trained: Path) -> None:
-    input_shape = tuple(module.hparams.input_shape)
-    fields = receptive_field.receptive_fields(module.network, input_shape)
-    rf_console = Console(record=True, width=120, file=io.StringIO())  # recorded for the artifact, not shown
-    rf_console.print(shape_table(module.plan))
-    rf_console.print(receptive_field.to_table(fields))
-    summary = f"{ModelSummary(module, max_depth=2)}\n\n{rf_console.export_text()}"
-    (trained / "model_summary.txt").write_text(summary)
-    (trained / "receptive_field.json").write_text(receptive_field.to_json(fields, input_shape))
-    run.log_artifact(trained / "model_summary.txt")
-    run.log_artifact(trained / "receptive_field.json")
-    run.log_text(rf_console.export_text(), "receptive_field.txt")
+def _log_model_description(run: TrackedRun, module: CnnClassifier, where: TrainPaths) -> None:
+    """Model summary, receptive fields and the effective receptive field over real validation images."""
+    _, splits = load_store(where.pulled)
+    images = torch.from_numpy(np.array(splits["val"].images[:ERF_IMAGES])).permute(0, 3, 1, 2).float() / 255
+    description = report.describe(module.network, images, where.trained)
+    (where.trained / "model_summary.txt").write_text(f"{ModelSummary(module, max_depth=2)}")
+    for path in (where.trained / "model_summary.txt", *description.files):
+        run.log_artifact(path)
+    run.log_metrics(description.metrics)
+    for key, value in description.tags.items():
+        run.set_tag(key, value)
+        console.print(f"[yellow]warning:[/] {value}")
 
 
 def _start_or_resume(params: Params, where: TrainPaths, key: str) -> tuple[TrackedRun, Path | None]:
@@ -133,14 +136,15 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     console.print(shape_table(module.plan, title=f"Layer shapes, input {list(datamodule.manifest.shape)}"))
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
-    pipeline = where.augmented / "pipeline.json"
+    # What decides the training data and its order: a checkpoint of other data is not resumed.
+    augmented = [where.augmented / name for name in (augmentation.PIPELINE_FILE, augmentation.SUMMARY_FILE)]
     key = resume.fingerprint(
         params.seed,
         params.model.model_dump(mode="json"),
         params.train.model_dump(mode="json"),
         params.augment.online,
         datamodule.manifest.checksums,
-        pipeline.read_text() if pipeline.exists() else None,
+        [path.read_text() if path.exists() else None for path in augmented],
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
     run, ckpt_path = _start_or_resume(params, where, key)
@@ -182,7 +186,7 @@ def _finish(
     for name in (resume.BEST, resume.LAST):
         run.log_artifact(where.checkpoints / name, "checkpoints")
     run.log_artifact(plots.training_curves(history.rows, where.trained / "training_curves.png"))
-    _log_model_description(run, module, where.trained)
+    _log_model_description(run, module, where)
     run.log_metrics({f"best_{k}": v for k, v in metrics.items() if k in ("val_acc", "val_loss")})
     resume.ResumeState(key, run.run_id, run.tracking_uri, completed=True).write(where.checkpoints)
     run.finish()

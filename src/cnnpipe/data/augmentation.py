@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
+import multiprocessing
 import os
+import random
+import re
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +28,13 @@ from cnnpipe.config import AugmentConfig
 from cnnpipe.errors import CnnpipeError
 
 ONLINE, COPIES, PREVIEW = 0, 1, 2  # the seed streams
-CHUNK = 2048  # images per seeded chunk of the stored copies: fixed, so the result is the same on any core count
+PIPELINE_FILE, COPIES_IMAGES, COPIES_LABELS = "pipeline.json", "copies_images.npy", "copies_labels.npy"
+SUMMARY_FILE = "augment.json"  # what the stage did: transforms, copies, online; part of training's resume key
+CHUNK = 2048  # images per seeded chunk of the stored copies: fixed, so any core count gives the same result
 
 
 def _transform_names() -> list[str]:
-    return [
-        name
-        for name, value in vars(A).items()
-        if inspect.isclass(value) and issubclass(value, A.BasicTransform) and not inspect.isabstract(value)
-    ]
+    return [name for name, value in vars(A).items() if inspect.isclass(value) and issubclass(value, A.BasicTransform)]
 
 
 def _tuples(value: Any) -> Any:
@@ -45,24 +46,29 @@ def _tuples(value: Any) -> Any:
     return value
 
 
+def _valid_arguments(transform_class: type[A.BasicTransform]) -> list[str]:
+    """The arguments albumentations' strict mode accepts: those of the transform's pydantic InitSchema."""
+    fields = getattr(transform_class, "InitSchema", None)
+    names = {"p", *(fields.model_fields if fields else ())} - {"strict"}
+    return sorted(names)
+
+
 def _build_transform(index: int, name: str, args: dict[str, Any]) -> A.BasicTransform:
-    where = f"augment.transforms[{index}] ({name})"
     transform_class = getattr(A, name, None)
     if not (inspect.isclass(transform_class) and issubclass(transform_class, A.BasicTransform)):
         close = difflib.get_close_matches(name, _transform_names(), n=1)
         hint = f"; did you mean {close[0]}?" if close else "; see albumentations' list of transforms"
         raise CnnpipeError(f"augment.transforms[{index}]: unknown albumentations transform {name!r}{hint}")
-    accepted = inspect.signature(transform_class.__init__).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    if not takes_any and (unknown := sorted(set(args) - set(accepted))):
-        valid = ", ".join(p for p in accepted if p not in ("self", "args", "kwargs"))
-        raise CnnpipeError(f"{where}: unknown argument {unknown[0]!r}; valid: {valid}")
+    where = f"augment.transforms[{index}] ({name})"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # albumentations warns (rather than fails) on some bad arguments
-            return transform_class(**_tuples(args))
+        # strict: an unknown argument is an error, not just a warning (albumentations' default)
+        return transform_class(**_tuples(args), strict=True)
     except Exception as exc:  # albumentations raises pydantic, Value, Type and its own errors
-        message = " ".join(str(exc).split())
+        message = re.sub(r"\s*For further information visit \S+", "", " ".join(str(exc).split()))
+        if message.startswith("Argument(s) "):  # strict mode names the base class, not the transform
+            unknown = message.split("'")[1]
+            valid = ", ".join(_valid_arguments(transform_class))
+            raise CnnpipeError(f"{where}: unknown argument(s) '{unknown}'; valid: {valid}") from None
         raise CnnpipeError(f"{where}: {message[:300]}") from None
 
 
@@ -75,82 +81,130 @@ def save_pipeline(pipeline: A.Compose, path: Path) -> None:
     A.save(pipeline, str(path), data_format="json")
 
 
+def _from_dict(serialized: dict[str, Any]) -> A.Compose:
+    with warnings.catch_warnings():
+        # albumentations 2.0.8 serializes some attributes its own loader then calls invalid (PadIfNeeded's
+        # `padding`); it ignores them, and the file is a stage output, not user input.
+        warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid", category=UserWarning)
+        return A.from_dict(serialized)
+
+
 def load_pipeline(path: Path) -> A.Compose:
-    if not Path(path).exists():
-        raise CnnpipeError(f"{path}: no augmentation pipeline; run `dvc repro augment` first")
-    return A.load(str(path), data_format="json")
+    try:
+        return _from_dict(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise CnnpipeError(f"{path}: no augmentation pipeline; run `dvc repro augment` first") from None
+    except Exception as exc:  # a hand-edited or truncated file: JSON, Key or albumentations errors
+        message = " ".join(str(exc).split())[:200]
+        raise CnnpipeError(f"{path}: not an albumentations pipeline ({message}); rerun the augment stage") from None
 
 
-def reseed(pipeline: A.BaseCompose, key: Sequence[int]) -> None:
-    """Gives every transform its own seed derived from `key`.
+def _seed_own_state(compose: A.BaseCompose, seed: int) -> None:
+    """BaseCompose.set_random_seed for the compose itself, without handing `seed` to its children."""
+    compose.seed = seed
+    compose.random_generator = np.random.default_rng(seed)
+    compose.py_random = random.Random(seed)
+
+
+def reseed(pipeline: A.BaseCompose, seed_key: Sequence[int]) -> None:
+    """Gives the compose and every transform in it an independent seed derived from `seed_key`.
 
     albumentations' Compose.set_random_seed hands every child the same seed, so their random draws are
     perfectly correlated (HorizontalFlip(p=.5) + VerticalFlip(p=.5) flip both or neither, every time).
+    Nested composes (OneOf, SomeOf, Sequential) are seeded the same way from their own derived seed.
     """
-    transforms = list(pipeline.transforms)
-    seeds = np.random.SeedSequence(list(key)).generate_state(len(transforms) + 1)
-    pipeline.random_generator = np.random.default_rng(int(seeds[0]))
-    pipeline.py_random.seed(int(seeds[0]))
-    for transform, seed in zip(transforms, seeds[1:], strict=True):
+    own, *children = np.random.SeedSequence(list(seed_key)).generate_state(1 + len(pipeline.transforms))
+    _seed_own_state(pipeline, int(own))
+    for transform, seed in zip(pipeline.transforms, children, strict=True):
         if isinstance(transform, A.BaseCompose):
-            reseed(transform, (*key, int(seed)))
+            reseed(transform, (int(seed),))
         else:
             transform.set_random_seed(int(seed))
 
 
-def augment_images(pipeline: A.Compose, images: np.ndarray, key: Sequence[int]) -> np.ndarray:
-    """Augments uint8 [N, H, W, C] images with one seeding for the whole batch; the shape is kept."""
-    reseed(pipeline, key)
+def augment_images(pipeline: A.Compose, images: np.ndarray, seed_key: Sequence[int]) -> np.ndarray:
+    """Augments uint8 [N, H, W, C] images under one seeding for the whole batch; each keeps its shape."""
+    reseed(pipeline, seed_key)
     out = np.empty_like(images)
     for index, image in enumerate(images):
         augmented = pipeline(image=image)["image"]
-        out[index] = augmented.reshape(image.shape) if augmented.ndim == 2 else augmented
+        if augmented.ndim == 2:  # some OpenCV operations drop the channel axis of a greyscale image
+            augmented = augmented[..., np.newaxis]
+        if augmented.shape != image.shape:
+            raise CnnpipeError(
+                f"augment.transforms: the pipeline turns a {list(image.shape)} image (H, W, C) into "
+                f"{list(augmented.shape)}; it must keep the size and channels (e.g. crop back after padding)"
+            )
+        out[index] = augmented
     return out
 
 
-def _copy_chunk(task: tuple[dict, np.ndarray, tuple[int, ...]]) -> np.ndarray:
-    serialized, images, key = task
-    return augment_images(A.from_dict(serialized), images, key)
+# Worker state of make_copies: set once per process by the pool's initializer, so the images are not
+# pickled again for every chunk (with the fork start method they are not pickled at all).
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(serialized: dict[str, Any], images: np.ndarray) -> None:
+    _worker.update(pipeline=_from_dict(serialized), images=images)
+
+
+def _copy_chunk(task: tuple[int, int, int]) -> np.ndarray:
+    seed, copy, start = task
+    chunk = np.asarray(_worker["images"][start : start + CHUNK])
+    return augment_images(_worker["pipeline"], chunk, (seed, COPIES, copy, start))
 
 
 def make_copies(
-    pipeline: A.Compose, images: np.ndarray, copies: int, seed: int, workers: int | None = None
+    pipeline_dict_or_path: dict[str, Any] | Path,
+    images: np.ndarray,
+    copies: int,
+    seed: int,
+    workers: int | None = None,
 ) -> np.ndarray:
-    """`copies` augmented versions of every image, [copies * N, H, W, C], computed on all cores."""
-    serialized = A.to_dict(pipeline)
-    tasks = [
-        (serialized, np.asarray(images[start : start + CHUNK]), (seed, COPIES, copy, start))
-        for copy in range(copies)
-        for start in range(0, len(images), CHUNK)
-    ]
-    workers = workers or os.cpu_count() or 1
-    with Progress() as progress, ProcessPoolExecutor(workers) as pool:
+    """`copies` augmented versions of every image, [copies * N, H, W, C], on `workers` processes (all cores).
+
+    The pipeline comes in albumentations' serialized form (`A.to_dict`, or the path of pipeline.json), which
+    every worker rebuilds: the copies are drawn by the very pipeline that training loads.
+    """
+    if isinstance(pipeline_dict_or_path, dict):
+        serialized = pipeline_dict_or_path
+    else:
+        serialized = A.to_dict(load_pipeline(pipeline_dict_or_path))
+    tasks = [(seed, copy, start) for copy in range(copies) for start in range(0, len(images), CHUNK)]
+    out = np.empty((copies * len(images), *images.shape[1:]), dtype=np.uint8)
+    if not tasks:
+        return out
+    processes = min(workers or os.cpu_count() or 1, len(tasks))
+    with (
+        multiprocessing.Pool(processes, _start_worker, (serialized, images)) as pool,
+        Progress() as progress,
+    ):
         bar = progress.add_task(f"Augmenting {copies} cop{'y' if copies == 1 else 'ies'}", total=len(tasks))
-        chunks = []
-        for chunk in pool.map(_copy_chunk, tasks):
-            chunks.append(chunk)
+        for (_, copy, start), chunk in zip(tasks, pool.imap(_copy_chunk, tasks), strict=True):
+            first = copy * len(images) + start
+            out[first : first + len(chunk)] = chunk
             progress.advance(bar)
-    return np.concatenate(chunks) if chunks else images[:0].copy()
+    return out
 
 
-def preview(
-    pipeline: A.Compose,
+def preview_grid(
     images: np.ndarray,
     labels: np.ndarray,
     classes: list[str],
-    count: int,
+    pipeline: A.Compose,
     seed: int,
+    count: int,
     path: Path,
     versions: int = 4,
 ) -> Path:
-    """A grid with one row per image: the original, then `versions` augmented draws of it."""
-    picks = np.random.default_rng(seed).choice(len(images), size=min(count, len(images)), replace=False)
-    originals = np.asarray(images[np.sort(picks)])
-    draws = [augment_images(pipeline, originals, (seed, PREVIEW, version)) for version in range(versions)]
+    """A PNG, one row per picked image: the original (titled with its class), then `versions` draws."""
+    picks = np.sort(np.random.default_rng(seed).choice(len(images), size=min(count, len(images)), replace=False))
+    originals = np.asarray(images[picks])
+    draws = [augment_images(pipeline, originals, (seed, PREVIEW, version, 0)) for version in range(versions)]
     tiles = np.stack([originals, *draws], axis=1).reshape(-1, *originals.shape[1:])
     titles = [
-        classes[labels[i]] if column == 0 else f"augmented {column}"
-        for i in np.sort(picks)
+        classes[labels[index]] if column == 0 else f"augmented {column}"
+        for index in picks
         for column in range(versions + 1)
     ]
     return plots.image_grid(tiles, titles, path, columns=versions + 1, title="Originals and augmented versions")

@@ -1,4 +1,4 @@
-"""The LightningDataModule: the pulled store (plus stored augmented copies) as batches of [B, C, H, W] in [0, 1].
+"""The LightningDataModule: the pulled store (plus stored augmented copies) as [B, C, H, W] batches in [0, 1].
 
 Normalisation happens inside the model, so what is logged and served takes plain images.
 """
@@ -13,11 +13,17 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cnnpipe.data.augmentation import ONLINE, augment_images, load_pipeline
+from cnnpipe.data.augmentation import (
+    COPIES_IMAGES,
+    COPIES_LABELS,
+    ONLINE,
+    PIPELINE_FILE,
+    augment_images,
+    load_pipeline,
+)
 from cnnpipe.data.sampling import EpochSampler
 from cnnpipe.data.store import Manifest, Split, load_manifest, load_store
-
-PIPELINE_FILE = "pipeline.json"
+from cnnpipe.errors import CnnpipeError
 
 
 class ImageDataset(Dataset):
@@ -51,8 +57,9 @@ class ImageDataset(Dataset):
         images, labels = self._gather(np.array([index for _, index in keys]))
         if self.pipeline is not None:
             images = augment_images(self.pipeline, images, (self.seed, ONLINE, epoch, first))
-        batch = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-        return batch, torch.from_numpy(labels)
+        batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        batch /= 255  # numpy: twice as fast as torch at this size, and no intra-op threads in the data path
+        return torch.from_numpy(batch), torch.from_numpy(labels)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.__getitems__([key])
@@ -65,6 +72,8 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
 
 
 class ImageDataModule(pl.LightningDataModule):
+    """Train set: pulled originals + stored copies, augmented online per batch; val/test as stored."""
+
     def __init__(
         self,
         pulled: Path,
@@ -79,14 +88,25 @@ class ImageDataModule(pl.LightningDataModule):
         self.pulled, self.augmented = Path(pulled), augmented and Path(augmented)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed, self.online = num_workers, seed, online
-        self.manifest: Manifest = load_manifest(self.pulled)  # the model needs classes and shape before setup
+        # read eagerly: the model needs the classes, shape, mean and std before setup
+        self._manifest = load_manifest(self.pulled)
         self.datasets: dict[str, ImageDataset] = {}
 
-    def _stored_copies(self) -> list[Split]:
-        images = self.augmented and self.augmented / "copies_images.npy"
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def _stored_copies(self, train: Split) -> list[Split]:
+        images = self.augmented and self.augmented / COPIES_IMAGES
         if not images or not images.exists():
             return []
-        return [Split(np.load(images, mmap_mode="r"), np.load(self.augmented / "copies_labels.npy", mmap_mode="r"))]
+        copies = Split(np.load(images, mmap_mode="r"), np.load(self.augmented / COPIES_LABELS, mmap_mode="r"))
+        if copies.images.shape[1:] != train.images.shape[1:] or len(copies.images) != len(copies):
+            raise CnnpipeError(
+                f"{images}: stored copies of shape {list(copies.images.shape)} do not fit the pulled "
+                f"training images {list(train.images.shape)}; rerun `dvc repro augment`"
+            )
+        return [copies]
 
     def _pipeline(self) -> A.Compose | None:
         if not (self.online and self.augmented):
@@ -95,12 +115,11 @@ class ImageDataModule(pl.LightningDataModule):
         return pipeline if pipeline.transforms else None
 
     def setup(self, stage: str | None = None) -> None:
-        _, splits = load_store(self.pulled)
-        self.datasets = {
-            "train": ImageDataset([splits["train"], *self._stored_copies()], self._pipeline(), self.seed),
-            "val": ImageDataset([splits["val"]]),
-            "test": ImageDataset([splits["test"]]),
-        }
+        _, splits = load_store(self.pulled)  # memory-mapped: workers share the pages
+        self.datasets = {"val": ImageDataset([splits["val"]]), "test": ImageDataset([splits["test"]])}
+        if stage in (None, "fit"):  # the copies and the pipeline only matter for training
+            train = splits["train"]
+            self.datasets["train"] = ImageDataset([train, *self._stored_copies(train)], self._pipeline(), self.seed)
 
     def _loader(self, split: str, batch_size: int, training: bool) -> DataLoader:
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

@@ -1,15 +1,15 @@
 """Which samples each process sees, in which order: seeded per epoch and sharded across DDP ranks.
 
 Lightning's default DistributedSampler pads shards with repeated samples so that all ranks are equal, which
-counts some validation images twice (pytorch/vision#4559). Here training shards are cut to equal length
-(each epoch drops at most world_size - 1 samples, a different few each time) and evaluation shards are exact.
+counts some validation images twice. Here training shards are cut to equal length (each epoch drops at most
+world_size - 1 samples, a different few each time) and evaluation shards are exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
+import numpy as np
 from torch.utils.data import Sampler
 
 
@@ -25,6 +25,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         world_size: int = 1,
         drop_uneven: bool = True,
     ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
         self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
         self.epoch = 0
@@ -33,18 +35,18 @@ class EpochSampler(Sampler[tuple[int, int]]):
         """Lightning calls this at the start of every epoch."""
         self.epoch = epoch
 
-    def _indices(self) -> list[int]:
-        if not self.shuffle:
-            order = list(range(self.num_samples))
+    def _indices(self) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         else:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
+            order = np.arange(self.num_samples)
         if self.drop_uneven:
             order = order[: len(order) - len(order) % self.world_size]
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in self._indices())
+        epoch = self.epoch
+        return ((epoch, index) for index in self._indices().tolist())
 
     def __len__(self) -> int:
         if self.drop_uneven:

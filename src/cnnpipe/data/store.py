@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.outputs import replaced_atomically
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -74,13 +73,8 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 def save_store(
     directory: Path, splits: dict[str, Split], classes: list[str], source: str, seed: int, val_fraction: float
 ) -> Manifest:
-    """Writes all files into a temporary folder beside `directory`, then swaps it in: a failure leaves
-    the previous store untouched."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the store is an ordinary output folder
-    try:
+    """Writes the whole store at once: a failure leaves the previous store untouched."""
+    with replaced_atomically(directory) as staging:
         checksums = {}
         for name, split in splits.items():
             for kind, array in (("images", split.images), ("labels", split.labels)):
@@ -105,25 +99,7 @@ def save_store(
             val_fraction=val_fraction,
         )
         (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
-        _swap_in(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
-
-
-def _swap_in(staging: Path, directory: Path) -> None:
-    """Two renames, so the old store is only removed once the new one is in place."""
-    old = directory.with_name(f".{directory.name}-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    try:
-        staging.rename(directory)
-    except OSError:
-        if old.exists():
-            old.rename(directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_manifest(directory: Path) -> Manifest:

@@ -1,0 +1,65 @@
+"""What the network sees, as files, metrics and tags for a run: receptive fields, their growth, the ERF."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from cnnpipe import plots
+from cnnpipe.analysis import erf, receptive_field
+
+
+@dataclass
+class Description:
+    files: list[Path] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def describe(network: nn.Module, images: torch.Tensor, folder: Path) -> Description:
+    """Receptive-field table (JSON and text), its growth plot and the effective receptive field of the last
+    conv layer's central unit over `images` [N, C, H, W] in [0, 1]."""
+    input_shape = tuple(images.shape[1:])
+    layers = receptive_field.receptive_fields(network, input_shape)
+    text = Console(record=True, width=140, file=io.StringIO())  # recorded for the artifact, not shown
+    text.print(receptive_field.to_table(layers, title=f"Receptive field, input {list(input_shape)}"))
+    result = Description()
+    for name, content in (
+        ("receptive_field.json", receptive_field.to_json(layers, input_shape)),
+        ("receptive_field.txt", text.export_text()),
+    ):
+        (folder / name).write_text(content)
+        result.files.append(folder / name)
+    result.files.append(
+        plots.receptive_field_growth(
+            [layer.name for layer in layers],
+            [layer.rf for layer in layers],
+            input_shape[1:],
+            folder / "receptive_field_growth.png",
+        )
+    )
+    convs = [layer for layer in layers if layer.type == "Conv2d"]
+    if not convs:
+        return result
+    last = convs[-1]
+    result.metrics["rf_final"] = min(last.rf)
+    if last.rf[0] < input_shape[1] or last.rf[1] < input_shape[2]:
+        result.tags["receptive_field.warning"] = (
+            f"the last conv layer '{last.name}' sees {last.rf[0]}x{last.rf[1]} pixels of the "
+            f"{input_shape[1]}x{input_shape[2]} input: the network never sees the whole image"
+        )
+    heat = erf.effective_receptive_field(network, last.name, images)
+    fraction = erf.mass_fraction(heat, last)
+    result.metrics["erf_fraction"] = fraction
+    box = erf.central_field_box(last, heat.shape)
+    result.files.append(
+        plots.erf_heatmap(
+            heat, box, fraction, f"Effective receptive field of {last.name}", folder / "effective_receptive_field.png"
+        )
+    )
+    return result

@@ -52,7 +52,7 @@ def predict(module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch
     for start in track(range(0, len(images), batch_size), description="Evaluating", console=console):
         batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # a writable copy of the mmap
         batch = batch.permute(0, 3, 1, 2).float().div_(255)
-        targets = torch.from_numpy(np.asarray(labels[start : start + batch_size]))
+        targets = torch.from_numpy(np.array(labels[start : start + batch_size]))
         logits = module(batch)
         total_loss += float(module.loss(logits, targets)) * len(targets)
         probabilities = module.probabilities(logits)

@@ -199,3 +199,7 @@ def test_cli_prints_the_documented_json_and_a_table(tmp_path):
     assert "layer4" in table and "435x435" in table
     failed = run_cnnpipe("rf", "torchvision:resnet19", cwd=tmp_path, check=False)
     assert failed.returncode == 2 and "unknown torchvision classifier 'resnet19'" in failed.stderr
+    small = json.loads(run_cnnpipe("rf", "resnet-small", "--input", "3,32,32", "--json", cwd=tmp_path).stdout)
+    last_block = next(layer for layer in small["layers"] if layer["name"] == "body.8")
+    # stem 3, + 2 blocks x 4 (stride 1), + 2 + 2 + 4 (stride 2), + 4 + 4 + 8 + 8 (jump 4): 53
+    assert (last_block["rf"], last_block["jump"], last_block["type"]) == ([53, 53], [4, 4], "ResidualBlock")

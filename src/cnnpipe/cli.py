@@ -34,30 +34,28 @@ def _input_shape(text: str) -> tuple[int, int, int]:
 def _check(args: argparse.Namespace) -> None:
     """Validates params.yaml and prints each layer's [C, H, W] for the pulled data (or --input)."""
     params = load_params(args.params)
-    from cnnpipe.models.network import print_shapes
-    from cnnpipe.models.spec import plan_layers
+    from cnnpipe.models.network import build_model_network, print_shapes
 
     shape, classes = _data_shape(args)
-    print_shapes(plan_layers(params.model.layers, shape, classes))
+    plan, network = build_model_network(params.model, shape, classes, [0.0] * shape[0], [1.0] * shape[0])
+    if plan is not None:
+        print_shapes(plan)
+    else:
+        parameters = sum(p.numel() for p in network.parameters())
+        Console().print(f"model.preset {params.model.preset}: {parameters} parameters, input {list(shape)}")
     Console().print(f"{args.params}: valid")
 
 
 def _rf(args: argparse.Namespace) -> None:
-    """Receptive field, jump and start of every layer of MODEL: `params` or torchvision:NAME."""
+    """Receptive field, jump and start of every layer of MODEL: params, a preset or torchvision:NAME."""
     from cnnpipe.analysis import models, receptive_field
 
-    if args.model.startswith(models.TORCHVISION_PREFIX):
-        model, shape = models.torchvision_model(args.model.removeprefix(models.TORCHVISION_PREFIX))
-        if args.input and args.input[0] != 3:
-            raise CnnpipeError(f"--input: torchvision classifiers take 3 channels, got {args.input[0]}")
-    elif args.model == "params":
+    if args.model == "params":
         params = load_params(args.params)
         shape, classes = _data_shape(args)
-        model = models.params_model(params, shape, classes)
     else:
-        raise CnnpipeError(f"MODEL: {args.model!r} is not 'params' or torchvision:NAME (e.g. torchvision:resnet18)")
-    shape = args.input or shape
-    layers = receptive_field.receptive_fields(model, shape)
+        params, shape, classes = None, args.input or models.default_shape(args.model), args.classes
+    layers = receptive_field.receptive_fields(models.network(args.model, params, shape, classes), shape)
     if args.json:
         print(receptive_field.to_json(layers, shape))
     else:
@@ -102,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--input", type=_input_shape, help="C,H,W instead of the pulled data's shape")
     check.add_argument("--classes", type=int, default=10, help="number of classes, with --input")
     rf = commands.add_parser("rf", help=_rf.__doc__)
-    rf.add_argument("model", help="params (the model of params.yaml) or torchvision:NAME")
+    rf.add_argument(
+        "model", help="params (the model of params.yaml), lecture, lenet5, vgg-small, resnet-small or torchvision:NAME"
+    )
     rf.add_argument("--input", type=_input_shape, help="C,H,W (default: the data's shape, or the model's own)")
     rf.add_argument("--classes", type=int, default=10, help="number of classes, with params and --input")
     rf.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.spec import LAYER_TYPES, LayerSpec
+from cnnpipe.models.spec import LAYER_TYPES, PRESETS, TORCHVISION_PREFIX, LayerSpec
 
 DEFAULT_PARAMS = Path("params.yaml")
 SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
@@ -84,13 +84,26 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The CNN body as a list of layers; the head is appended from the number of classes."""
+    """The CNN body as a list of layers (the head is appended from the number of classes), or a preset."""
 
-    layers: list[LayerSpec] = Field(min_length=1)
+    preset: str | None = Field(
+        None, description=f"{', '.join(PRESETS)} or {TORCHVISION_PREFIX}NAME; replaces `layers` when set"
+    )
+    layers: list[LayerSpec] = Field(default_factory=list)
     fixed_first_layer: list[str] = Field(
         default_factory=list,
         description="hand-made kernels (vertical_edge, sobel_x, ...) the first conv starts from, frozen",
     )
+
+    @model_validator(mode="after")
+    def _layers_or_preset(self) -> ModelConfig:
+        if self.preset is not None and self.preset not in PRESETS and not self.preset.startswith(TORCHVISION_PREFIX):
+            raise ValueError(
+                f"model.preset: unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}, {TORCHVISION_PREFIX}NAME"
+            )
+        if self.preset is None and not self.layers:
+            raise ValueError("model.layers: needs at least one layer, or set model.preset")
+        return self
 
 
 class EarlyStoppingConfig(_Section):
@@ -182,7 +195,8 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         more = len(errors) - len(same_key)
         suffix = f" (and {more} more)" if more else ""
         if explanation.startswith(f"{key}."):  # a cross-field check names its own key
-            key, explanation = explanation.split(" ", 1)[0], explanation.split(" ", 1)[1]
+            key, explanation = explanation.split(" ", 1)
+            key = key.rstrip(":")
         raise CnnpipeError(f"{source}: {key or '(top level)'}: {explanation}{suffix}") from None
 
 

@@ -133,7 +133,10 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
         online=params.augment.online,
     )
     module = build_module(params, datamodule)  # the shape check: an impossible layer stops here
-    console.print(shape_table(module.plan, title=f"Layer shapes, input {list(datamodule.manifest.shape)}"))
+    if module.plan is not None:
+        console.print(shape_table(module.plan, title=f"Layer shapes, input {list(datamodule.manifest.shape)}"))
+    else:
+        console.print(f"model.preset {params.model.preset}: {sum(p.numel() for p in module.parameters())} parameters")
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     # What decides the training data and its order: a checkpoint of other data is not resumed.

@@ -1,28 +1,32 @@
-"""The networks `cnnpipe rf` can describe: the model of params.yaml, or any torchvision classifier, untrained."""
+"""The networks `cnnpipe rf` describes: `params` (the model of params.yaml), a preset, or torchvision:NAME."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from cnnpipe.config import Params
+from cnnpipe.config import ModelConfig, Params
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.network import build_network
-from cnnpipe.models.spec import plan_layers
+from cnnpipe.models.network import build_model_network
+from cnnpipe.models.spec import PRESETS, TORCHVISION_PREFIX
 
-TORCHVISION_PREFIX = "torchvision:"
-
-
-def torchvision_model(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
-    """An untrained torchvision classifier and the input shape it was designed for."""
-    import torchvision
-
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        raise CnnpipeError(f"model: unknown torchvision classifier {name!r}; valid: {', '.join(names)}")
-    size = 299 if name == "inception_v3" else 224
-    return torchvision.models.get_model(name, weights=None), (3, size, size)
+Shape = tuple[int, int, int]
 
 
-def params_model(params: Params, input_shape: tuple[int, int, int], classes: int) -> nn.Module:
-    plan = plan_layers(params.model.layers, input_shape, classes)
-    return build_network(plan, mean=[0.0] * input_shape[0], std=[1.0] * input_shape[0])
+def default_shape(model: str) -> Shape:
+    """The input a named network was designed for: ImageNet's for torchvision, Fashion-MNIST's for presets."""
+    if model.startswith(TORCHVISION_PREFIX):
+        return (3, 299, 299) if model.endswith("inception_v3") else (3, 224, 224)
+    return (1, 28, 28)
+
+
+def network(model: str, params: Params | None, shape: Shape, classes: int) -> nn.Module:
+    """Untrained; the normalisation is the identity, which does not change any field."""
+    if model == "params":
+        config = params.model
+    elif model in PRESETS or model.startswith(TORCHVISION_PREFIX):
+        config = ModelConfig(preset=model)
+    else:
+        raise CnnpipeError(
+            f"MODEL: {model!r} is not 'params', a preset ({', '.join(PRESETS)}) or {TORCHVISION_PREFIX}NAME"
+        )
+    return build_model_network(config, shape, classes, [0.0] * shape[0], [1.0] * shape[0])[1]

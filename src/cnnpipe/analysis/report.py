@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnpipe import plots
 from cnnpipe.analysis import erf, receptive_field
+from cnnpipe.errors import CnnpipeError
 
 
 @dataclass
@@ -25,10 +26,14 @@ def describe(network: nn.Module, images: torch.Tensor, folder: Path) -> Descript
     """Receptive-field table (JSON and text), its growth plot and the effective receptive field of the last
     conv layer's central unit over `images` [N, C, H, W] in [0, 1]."""
     input_shape = tuple(images.shape[1:])
-    layers = receptive_field.receptive_fields(network, input_shape)
+    result = Description()
+    try:
+        layers = receptive_field.receptive_fields(network, input_shape)
+    except CnnpipeError as exc:  # e.g. attention layers: the run goes on, and says why nothing is shown
+        result.tags["receptive_field.unavailable"] = str(exc)
+        return result
     text = Console(record=True, width=140, file=io.StringIO())  # recorded for the artifact, not shown
     text.print(receptive_field.to_table(layers, title=f"Receptive field, input {list(input_shape)}"))
-    result = Description()
     for name, content in (
         ("receptive_field.json", receptive_field.to_json(layers, input_shape)),
         ("receptive_field.txt", text.export_text()),

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torchmetrics import Accuracy, MeanMetric
 
 from cnnpipe.config import ModelConfig, TrainConfig
-from cnnpipe.models.network import build_network, fix_first_conv
-from cnnpipe.models.spec import PlannedLayer, plan_layers
+from cnnpipe.models.network import build_model_network, fix_first_conv
+from cnnpipe.models.spec import PlannedLayer
 
 
 class CnnClassifier(pl.LightningModule):
@@ -36,8 +36,8 @@ class CnnClassifier(pl.LightningModule):
         self.model_config = ModelConfig.model_validate(model)
         self.train_config = TrainConfig.model_validate(train)
         self.classes = list(classes)
-        self.plan: list[PlannedLayer] = plan_layers(self.model_config.layers, tuple(input_shape), len(classes))
-        self.network = build_network(self.plan, mean, std)
+        self.plan: list[PlannedLayer] | None
+        self.plan, self.network = build_model_network(self.model_config, tuple(input_shape), len(classes), mean, std)
         if self.model_config.fixed_first_layer:
             fix_first_conv(self.network, self.model_config.fixed_first_layer)
         self.binary = len(classes) == 2

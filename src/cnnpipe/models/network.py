@@ -11,7 +11,9 @@ from rich.table import Table
 from torch import nn
 
 from cnnpipe.analysis import kernels
+from cnnpipe.config import ModelConfig
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.models import presets
 from cnnpipe.models.spec import (
     Activation,
     BatchNorm,
@@ -22,7 +24,10 @@ from cnnpipe.models.spec import (
     GlobalAvgPool,
     PlannedLayer,
     Pool,
+    Shape,
     conv_padding,
+    head_outputs,
+    plan_layers,
 )
 
 _ACTIVATIONS = {
@@ -81,10 +86,34 @@ def build_network(plan: list[PlannedLayer], mean: Sequence[float], std: Sequence
     return nn.Sequential(modules)
 
 
+def build_model_network(
+    config: ModelConfig, input_shape: Shape, num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[list[PlannedLayer] | None, nn.Sequential]:
+    """The network of `model.layers` or `model.preset`, with its shape plan where it is a layer list."""
+    if config.preset is None or config.preset in presets.LAYER_PRESETS:
+        layers = config.layers
+        if config.preset is not None:
+            layers = ModelConfig(layers=presets.LAYER_PRESETS[config.preset]).layers
+        plan = plan_layers(layers, input_shape, num_classes)
+        return plan, build_network(plan, mean, std)
+    body = presets.preset_module(config.preset, input_shape[0], head_outputs(num_classes))
+    network = nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), ("body", body)]))
+    try:  # a dry run: torchvision's deeper networks pool small images down to nothing
+        with torch.no_grad():
+            network.eval()(torch.zeros(2, *input_shape))
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise CnnpipeError(
+            f"model.preset: {config.preset} cannot take a {list(input_shape)} input ({reason}); "
+            "set data.image_size larger or pick a smaller network"
+        ) from None
+    return None, network.train()
+
+
 def fix_first_conv(network: nn.Sequential, names: list[str]) -> None:
     """Starts the first conv layer from the lecture's hand-made kernels and freezes it, so hand-crafted
     against learned features is one `dvc exp run -S model.fixed_first_layer=[...]`."""
-    conv = next(module for module in network if isinstance(module, nn.Conv2d))
+    conv = next(module for module in network.modules() if isinstance(module, nn.Conv2d))
     if conv.out_channels != len(names) or conv.kernel_size != (3, 3):
         raise CnnpipeError(
             f"model.fixed_first_layer: {len(names)} kernel(s) of 3x3 need a first conv layer with out: {len(names)} "

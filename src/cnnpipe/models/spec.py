@@ -90,6 +90,8 @@ LayerSpec = Annotated[
     Conv | Pool | GlobalAvgPool | BatchNorm | Activation | Dropout | Flatten | Dense,
     Field(discriminator="type"),
 ]
+PRESETS = ("lecture", "lenet5", "vgg-small", "resnet-small")  # built in cnnpipe.models.presets
+TORCHVISION_PREFIX = "torchvision:"
 LAYER_TYPES = ("conv", "maxpool", "avgpool", "global_avgpool", "batchnorm", *ACTIVATIONS, "dropout", "flatten", "dense")
 
 

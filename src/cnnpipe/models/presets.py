@@ -1,0 +1,131 @@
+"""Ready networks, chosen with `model.preset`: the lecture's CNN, LeNet-5, a small VGG, a small ResNet, or any
+torchvision classifier adapted to the data's channels and classes.
+
+The first three are layer lists of the same spec as `model.layers`; the residual ones need branches, which a
+list of layers cannot express, so they are modules.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.models.spec import TORCHVISION_PREFIX
+
+LAYER_PRESETS: dict[str, list[dict]] = {
+    # The lecture: conv -> ReLU -> max-pool, twice, then flatten and a dense layer.
+    "lecture": [
+        {"type": "conv", "out": 16, "kernel": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "maxpool", "kernel": 2},
+        {"type": "conv", "out": 32, "kernel": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "maxpool", "kernel": 2},
+        {"type": "flatten"},
+        {"type": "dense", "out": 64},
+        {"type": "relu"},
+    ],
+    # LeNet-5 (LeCun et al., 1998) for 28x28 input: the first conv pads by 2 as the original's 32x32 input did.
+    "lenet5": [
+        {"type": "conv", "out": 6, "kernel": 5, "padding": 2},
+        {"type": "tanh"},
+        {"type": "avgpool", "kernel": 2},
+        {"type": "conv", "out": 16, "kernel": 5},
+        {"type": "tanh"},
+        {"type": "avgpool", "kernel": 2},
+        {"type": "flatten"},
+        {"type": "dense", "out": 120},
+        {"type": "tanh"},
+        {"type": "dense", "out": 84},
+        {"type": "tanh"},
+    ],
+    # Two VGG blocks: two 3x3 convs (same padding) before each 2x2 max-pool, width doubling with depth.
+    "vgg-small": [
+        *[
+            {"type": kind, **args}
+            for width in (32, 64)
+            for kind, args in (
+                ("conv", {"out": width, "kernel": 3, "padding": 1}),
+                ("batchnorm", {}),
+                ("relu", {}),
+                ("conv", {"out": width, "kernel": 3, "padding": 1}),
+                ("batchnorm", {}),
+                ("relu", {}),
+                ("maxpool", {"kernel": 2}),
+            )
+        ],
+        {"type": "global_avgpool"},
+        {"type": "flatten"},
+        {"type": "dropout", "p": 0.3},
+    ],
+}
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with batch norm, added to a shortcut (a strided 1x1 conv where the shape changes)."""
+
+    def __init__(self, channels: int, out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU()
+        self.shortcut = nn.Identity()
+        if stride != 1 or channels != out:
+            self.shortcut = nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
+
+
+def resnet_small(in_channels: int, outputs: int) -> nn.Module:
+    """A CIFAR-style ResNet: a 3x3 stem, three stages of two residual blocks (16, 32, 64 kernels)."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    channels = 16
+    for out, stride in ((16, 1), (32, 2), (64, 2)):
+        layers += [ResidualBlock(channels, out, stride), ResidualBlock(out, out, 1)]
+        channels = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, outputs)]
+    return nn.Sequential(*layers)
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != in_channels:
+                    setattr(
+                        parent,
+                        name,
+                        nn.Conv2d(
+                            in_channels,
+                            child.out_channels,
+                            child.kernel_size,
+                            child.stride,
+                            child.padding,
+                            child.dilation,
+                            child.groups if child.groups == 1 else in_channels,
+                            child.bias is not None,
+                        ),
+                    )
+                return
+
+
+def torchvision_classifier(name: str, in_channels: int, outputs: int) -> nn.Module:
+    """An untrained torchvision classifier with its first conv taking `in_channels` and `outputs` logits."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise CnnpipeError(f"model.preset: unknown torchvision classifier {name!r}; valid: {', '.join(names)}")
+    extra = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+    model = torchvision.models.get_model(name, weights=None, num_classes=outputs, **extra)
+    _replace_first_conv(model, in_channels)
+    return model
+
+
+def preset_module(name: str, in_channels: int, outputs: int) -> nn.Module:
+    if name == "resnet-small":
+        return resnet_small(in_channels, outputs)
+    return torchvision_classifier(name.removeprefix(TORCHVISION_PREFIX), in_channels, outputs)

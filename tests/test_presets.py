@@ -1,0 +1,48 @@
+"""Each preset trains a few steps in the real train stage, and reloads for evaluation."""
+
+import json
+
+import pytest
+import yaml
+
+from cnnpipe.config import parse_params
+from cnnpipe.errors import CnnpipeError
+from tests.conftest import REPO, run_cnnpipe, small_run_params, write_params
+
+
+@pytest.fixture(scope="module")
+def pulled(tmp_path_factory):
+    """Pulled and augmented data, shared by the presets (each then trains in its own folder)."""
+    root = tmp_path_factory.mktemp("presets")
+    raw = small_run_params(yaml.safe_load((REPO / "params.yaml").read_text()), root)
+    write_params(root / "params.yaml", raw)
+    run_cnnpipe("pull", cwd=root)
+    run_cnnpipe("augment", cwd=root)
+    return root, raw
+
+
+@pytest.mark.parametrize("preset", ["lecture", "lenet5", "vgg-small", "resnet-small", "torchvision:resnet18"])
+def test_preset_trains_in_the_train_stage(pulled, preset):
+    root, raw = pulled
+    raw = {
+        **raw,
+        "model": {"preset": preset, "layers": []},
+        "train": {**raw["train"], "epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1},
+    }
+    write_params(root / "params.yaml", raw)
+    run_cnnpipe("train", cwd=root)
+    metrics = json.loads((root / "metrics/train.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["parameters"] > 0
+    if preset == "resnet-small":  # a module preset reloads from its checkpoint alone
+        run_cnnpipe("evaluate", cwd=root)
+        assert json.loads((root / "metrics/test.json").read_text())["count"] == 3000
+
+
+def test_unknown_or_unfitting_presets_are_clear_errors(raw_params, tmp_path):
+    raw_params["model"]["preset"] = "resnet-tiny"
+    with pytest.raises(CnnpipeError, match=r"model.preset: unknown preset 'resnet-tiny'; valid: lecture, lenet5"):
+        parse_params(raw_params)
+    raw_params["model"]["preset"] = "torchvision:vgg11"
+    write_params(tmp_path / "params.yaml", raw_params)
+    result = run_cnnpipe("check", "--input", "1,28,28", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "torchvision:vgg11 cannot take a [1, 28, 28] input" in result.stderr

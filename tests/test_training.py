@@ -58,6 +58,8 @@ def test_train_then_evaluate_log_into_one_run(workdir):
         "training_curves.png",
         "receptive_field_growth.png",
         "effective_receptive_field.png",
+        "first_layer_kernels.png",
+        "feature_maps.png",
     } <= artifacts
     assert run.data.metrics["rf_final"] == 8  # conv2 after one 2x2 max-pool: 3 + 1 + 2 * 2
     assert 0 < run.data.metrics["erf_fraction"] <= 1

@@ -106,3 +106,37 @@ def erf_heatmap(
     axes.legend(loc="lower right", fontsize=7)
     figure.colorbar(image, ax=axes, fraction=0.046)
     return _save(figure, path)
+
+
+def kernel_grid(weights: np.ndarray, path: Path, title: str) -> Path:
+    """A conv layer's kernels [out, in, kH, kW], averaged over input channels, one small image each."""
+    kernels = weights.mean(axis=1)
+    columns = min(8, len(kernels))
+    rows = -(-len(kernels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.2 * rows + 0.5), squeeze=False)
+    limit = float(np.abs(kernels).max()) or 1.0
+    for axis in axes.flat:
+        axis.axis("off")
+    for index, (axis, kernel) in enumerate(zip(axes.flat, kernels, strict=False)):
+        axis.imshow(kernel, cmap="RdBu_r", vmin=-limit, vmax=limit)  # red positive, blue negative weights
+        axis.set_title(str(index), fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
+
+
+def feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: Path, per_layer: int = 8) -> Path:
+    """One input image and, for each conv layer, its first `per_layer` feature maps [C, H, W]."""
+    figure, axes = plt.subplots(
+        len(maps) + 1, per_layer, figsize=(1.3 * per_layer, 1.4 * (len(maps) + 1)), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    grey = image.shape[0] == 1
+    axes[0, 0].imshow(image[0] if grey else image.transpose(1, 2, 0), cmap="gray" if grey else None)
+    axes[0, 0].set_title("input", fontsize=7)
+    for row, (name, layer_maps) in enumerate(maps.items(), start=1):
+        for column, feature in enumerate(layer_maps[:per_layer]):
+            axes[row, column].imshow(feature, cmap="viridis")
+            axes[row, column].set_title(f"{name}[{column}]", fontsize=6)
+    figure.suptitle("Feature maps of one validation image", fontsize=9)
+    return _save(figure, path)

@@ -6,6 +6,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
@@ -20,6 +21,31 @@ class Description:
     files: list[Path] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+
+
+def _pictures(network: nn.Module, convs: list[str], image: torch.Tensor, folder: Path) -> list[Path]:
+    """The first conv layer's learned kernels, and the feature maps each conv layer makes of `image`."""
+    modules = dict(network.named_modules())
+    first = modules[convs[0]].weight.detach().cpu().numpy()
+    maps: dict[str, np.ndarray] = {}
+    hooks = [
+        modules[name].register_forward_hook(
+            lambda _module, _inputs, output, name=name: maps.__setitem__(name, output[0].detach().cpu().numpy())
+        )
+        for name in convs
+    ]
+    was_training = network.training
+    try:
+        with torch.no_grad():
+            network.eval()(image[None])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        network.train(was_training)
+    return [
+        plots.kernel_grid(first, folder / "first_layer_kernels.png", f"Kernels of {convs[0]}"),
+        plots.feature_maps(image.numpy(), maps, folder / "feature_maps.png"),
+    ]
 
 
 def describe(network: nn.Module, images: torch.Tensor, folder: Path) -> Description:
@@ -51,6 +77,7 @@ def describe(network: nn.Module, images: torch.Tensor, folder: Path) -> Descript
     convs = [layer for layer in layers if layer.type == "Conv2d"]
     if not convs:
         return result
+    result.files += _pictures(network, [layer.name for layer in convs], images[0], folder)
     last = convs[-1]
     result.metrics["rf_final"] = min(last.rf)
     if last.rf[0] < input_shape[1] or last.rf[1] < input_shape[2]:

@@ -61,7 +61,12 @@ def test_dvc_repro_runs_reruns_only_what_changed_and_logs_one_run_each(repo):
     changed = sh("dvc", "repro", cwd=repo)
     assert ran(changed.stdout) == ["train", "evaluate"]
 
+    experiment = sh("dvc", "exp", "run", "-n", "faster-lr", "-S", "train.lr=0.005", cwd=repo)
+    assert ran(experiment.stdout) == ["train", "evaluate"]
+
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
-    assert sorted(run.data.params["train.lr"] for run in runs) == ["0.003", "0.004"]
+    assert sorted(run.data.params["train.lr"] for run in runs) == ["0.003", "0.004", "0.005"]
     assert all("test/accuracy" in run.data.metrics for run in runs)
+    named = next(run for run in runs if run.data.params["train.lr"] == "0.005")
+    assert named.info.run_name == "faster-lr" and named.data.tags["dvc.experiment"] == "faster-lr"

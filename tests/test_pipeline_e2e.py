@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, small_run_params, write_params
@@ -70,3 +71,10 @@ def test_dvc_repro_runs_reruns_only_what_changed_and_logs_one_run_each(repo):
     assert all("test/accuracy" in run.data.metrics for run in runs)
     named = next(run for run in runs if run.data.params["train.lr"] == "0.005")
     assert named.info.run_name == "faster-lr" and named.data.tags["dvc.experiment"] == "faster-lr"
+    first = next(run for run in runs if run.data.params["train.lr"] == "0.003")
+    assert first.data.tags["git.dirty"] == "false" and len(first.data.tags["mlflow.source.git.commit"]) == 40
+    assert "dvc.lock" in {artifact.path for artifact in client.list_artifacts(first.info.run_id)}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert first.data.tags["dvc.data"] == (
+        f"data/pulled:{lock['pull']['outs'][0]['md5']} data/augmented:{lock['augment']['outs'][0]['md5']}"
+    )

@@ -20,6 +20,7 @@ from cnnpipe.models.module import CnnClassifier
 from cnnpipe.tracking.mlflow_run import open_run
 
 console = Console()
+LOCK_FILE = Path("dvc.lock")
 
 
 @dataclass(frozen=True)
@@ -128,4 +129,6 @@ def _log(run_file: Path, metrics: dict, figures: list[Path]) -> None:
     run.log_metrics({"test/accuracy": metrics["accuracy"], "test/loss": metrics["loss"], **per_class})
     for figure in figures:
         run.log_artifact(figure, "evaluation")
+    if LOCK_FILE.exists():  # under DVC: the hashes of every stage's deps and outs for this run
+        run.log_artifact(LOCK_FILE)
     run.finish()

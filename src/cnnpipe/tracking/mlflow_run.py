@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
@@ -67,20 +68,33 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", name)
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        result = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout.strip() or None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def data_hashes(lock_file: Path = Path("dvc.lock")) -> str | None:
+    """The hashes DVC recorded for the pull and augment outputs: which data a run trained on."""
+    try:
+        stages = yaml.safe_load(lock_file.read_text())["stages"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    outs = [out for stage in ("pull", "augment") for out in stages.get(stage, {}).get("outs", [])]
+    return " ".join(f"{out['path']}:{out.get('md5', '?')}" for out in outs) or None
 
 
 def run_tags() -> dict[str, str]:
     tags = {"cnnpipe.version": cnnpipe.__version__, "host": platform.node()}
-    if commit := _git_commit():
+    if commit := _git("rev-parse", "HEAD"):
         tags["mlflow.source.git.commit"] = commit
+        tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
     if experiment := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = experiment
+    if hashes := data_hashes():
+        tags["dvc.data"] = hashes
     return tags
 
 

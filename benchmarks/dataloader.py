@@ -18,7 +18,7 @@ import torch
 from cnnpipe import paths
 from cnnpipe.config import load_params
 from cnnpipe.data import augmentation
-from cnnpipe.data.datamodule import ImageDataModule, ImageDataset
+from cnnpipe.data.datamodule import ImageDataModule, ImageDataset, to_model_input
 from cnnpipe.training import build_module
 
 
@@ -34,7 +34,7 @@ class PerImageSeeding(ImageDataset):
                 for image, (_, index) in zip(images, keys, strict=True)
             ]
         )
-        return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255), torch.from_numpy(labels)
+        return to_model_input(images), torch.from_numpy(labels)
 
 
 def images_per_second(loader, batches: int) -> float:

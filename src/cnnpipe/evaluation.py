@@ -14,6 +14,7 @@ from rich.progress import track
 
 from cnnpipe import paths, plots
 from cnnpipe.config import Params
+from cnnpipe.data.datamodule import to_model_input
 from cnnpipe.data.store import load_store
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.module import CnnClassifier
@@ -51,8 +52,7 @@ def predict(module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch
     """Runs the whole split through the model in batches; uint8 [N, H, W, C] in, per-image predictions out."""
     predicted, confidence, total_loss = [], [], 0.0
     for start in track(range(0, len(images), batch_size), description="Evaluating", console=console):
-        batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # a writable copy of the mmap
-        batch = batch.permute(0, 3, 1, 2).float().div_(255)
+        batch = to_model_input(images[start : start + batch_size])
         targets = torch.from_numpy(np.array(labels[start : start + batch_size]))
         logits = module(batch)
         total_loss += float(module.loss(logits, targets)) * len(targets)

@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
@@ -22,7 +21,7 @@ from cnnpipe import paths, plots
 from cnnpipe.analysis import report
 from cnnpipe.config import Params, TrainConfig
 from cnnpipe.data import augmentation
-from cnnpipe.data.datamodule import ImageDataModule
+from cnnpipe.data.datamodule import ImageDataModule, to_model_input
 from cnnpipe.data.store import load_store
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
@@ -95,7 +94,7 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callba
 def _log_model_description(run: TrackedRun, module: CnnClassifier, where: TrainPaths) -> None:
     """Model summary, receptive fields and the effective receptive field over real validation images."""
     _, splits = load_store(where.pulled)
-    images = torch.from_numpy(np.array(splits["val"].images[:ERF_IMAGES])).permute(0, 3, 1, 2).float() / 255
+    images = to_model_input(splits["val"].images[:ERF_IMAGES])
     description = report.describe(module.network, images, where.trained)
     (where.trained / "model_summary.txt").write_text(f"{ModelSummary(module, max_depth=2)}")
     for path in (where.trained / "model_summary.txt", *description.files):

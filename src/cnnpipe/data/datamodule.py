@@ -26,6 +26,13 @@ from cnnpipe.data.store import Manifest, Split, load_manifest, load_store
 from cnnpipe.errors import CnnpipeError
 
 
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, C] (also a read-only memory map) -> float32 [N, C, H, W] in [0, 1], a fresh copy."""
+    batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+    batch /= 255  # numpy: twice as fast as torch at this size, and no intra-op threads in the data path
+    return torch.from_numpy(batch)
+
+
 class ImageDataset(Dataset):
     """Images from one or more uint8 [N, H, W, C] parts, fetched a batch at a time.
 
@@ -57,9 +64,7 @@ class ImageDataset(Dataset):
         images, labels = self._gather(np.array([index for _, index in keys]))
         if self.pipeline is not None:
             images = augment_images(self.pipeline, images, (self.seed, ONLINE, epoch, first))
-        batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-        batch /= 255  # numpy: twice as fast as torch at this size, and no intra-op threads in the data path
-        return torch.from_numpy(batch), torch.from_numpy(labels)
+        return to_model_input(images), torch.from_numpy(labels)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.__getitems__([key])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = str(Path(sys.executable).parent)  # the venv: dvc, mlflow, torchrun
 
 
 @pytest.fixture
@@ -43,3 +46,40 @@ def run_cnnpipe(*args: str, cwd: Path, check: bool = True) -> subprocess.Complet
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result
+
+
+def dvc_repo(root: Path, raw: dict[str, Any]) -> Path:
+    """A fresh clone's worth of the project in `root`: dvc.yaml, `raw` as params.yaml, the code, a git commit."""
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "pipelines", root / "pipelines")
+    raw["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"  # the default: relative to the repository
+    write_params(root / "params.yaml", raw)
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    sh("dvc", "config", "core.analytics", "false", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
+    return root
+
+
+@pytest.fixture
+def repo(tmp_path, raw_params):
+    return dvc_repo(tmp_path, small_run_params(raw_params, tmp_path))
+
+
+@pytest.fixture
+def workdir(tmp_path, raw_params):
+    """A folder with params.yaml and the pulled, augmented data: what train and evaluate start from."""
+    write_params(tmp_path / "params.yaml", small_run_params(raw_params, tmp_path))
+    run_cnnpipe("pull", cwd=tmp_path)
+    run_cnnpipe("augment", cwd=tmp_path)
+    return tmp_path

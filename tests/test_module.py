@@ -11,14 +11,14 @@ from cnnpipe.models.module import CnnClassifier
 LAYERS = [{"type": "conv", "out": 4, "kernel": 3, "padding": 1}, {"type": "relu"}, {"type": "maxpool"}]
 
 
-def classifier(classes: int, **train) -> CnnClassifier:
+def classifier(classes: int, channels: int = 1, **train) -> CnnClassifier:
     return CnnClassifier(
         {"layers": LAYERS},
         TrainConfig(**train).model_dump(mode="json"),
-        (1, 8, 8),
+        (channels, 8, 8),
         [f"c{i}" for i in range(classes)],
-        [0.5],
-        [0.25],
+        [0.5] * channels,
+        [0.25] * channels,
     )
 
 
@@ -47,15 +47,24 @@ def test_many_classes_use_softmax_cross_entropy_and_label_smoothing_in_training_
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "scheduler", "classes"), [("adamw", "onecycle", 3), ("sgd", "cosine", 2), ("sgd", "none", 4)]
+    ("optimizer", "scheduler", "classes", "channels_last"),
+    [
+        ("adamw", "onecycle", 3, False),
+        ("sgd", "cosine", 2, False),
+        ("sgd", "none", 4, False),
+        ("adamw", "none", 3, True),
+    ],
 )
-def test_training_reduces_the_loss(optimizer, scheduler, classes):
+def test_training_reduces_the_loss(optimizer, scheduler, classes, channels_last):
     torch.manual_seed(0)
-    images = torch.rand(64, 1, 8, 8)
+    channels = 3  # NHWC and NCHW strides differ only with more than one channel
+    images = torch.rand(64, channels, 8, 8)
     labels = torch.arange(64) % classes
     images[torch.arange(64), 0, labels * 2] += 2.0  # the class is a bright row: learnable in a few epochs
     loader = DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True)
-    module = classifier(classes, optimizer=optimizer, scheduler=scheduler, lr=0.05)
+    module = classifier(
+        classes, channels, optimizer=optimizer, scheduler=scheduler, lr=0.05, channels_last=channels_last
+    )
     trainer = pl.Trainer(
         max_epochs=8,
         accelerator="cpu",
@@ -68,3 +77,5 @@ def test_training_reduces_the_loss(optimizer, scheduler, classes):
     metrics = trainer.callback_metrics
     assert metrics["val/acc"] > 0.9
     assert metrics["train/loss"] < 0.5
+    conv = module.network.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last

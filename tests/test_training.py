@@ -6,20 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_cnnpipe, small_run_params, write_params
-
-
-@pytest.fixture
-def workdir(tmp_path, raw_params):
-    """A folder with params.yaml and the pulled, augmented data: what train and evaluate start from."""
-    write_params(tmp_path / "params.yaml", small_run_params(raw_params, tmp_path))
-    run_cnnpipe("pull", cwd=tmp_path)
-    run_cnnpipe("augment", cwd=tmp_path)
-    return tmp_path
 
 
 def mlflow_runs(root):
@@ -52,6 +45,7 @@ def test_train_then_evaluate_log_into_one_run(workdir):
         "checkpoints",
         "evaluation",
         "params.yaml",
+        "preview.png",
         "model_summary.txt",
         "receptive_field.json",
         "receptive_field.txt",
@@ -66,6 +60,30 @@ def test_train_then_evaluate_log_into_one_run(workdir):
     assert "never sees the whole image" in run.data.tags["receptive_field.warning"]
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
+    assert "cnnpipe.unlogged" not in run.data.tags
+    (version,) = client.search_model_versions("name='cnnpipe'")
+    assert version.run_id == run.info.run_id
+
+
+def test_registered_model_answers_mlflow_models_predict(workdir):
+    run_cnnpipe("train", cwd=workdir)
+    test_images = np.load(workdir / "data/pulled/test_images.npy")[:4]
+    test_labels = np.load(workdir / "data/pulled/test_labels.npy")[:4]
+    batch = test_images.transpose(0, 3, 1, 2).astype(np.float32) / 255  # [N, C, H, W] in [0, 1]
+    (workdir / "input.json").write_text(json.dumps({"inputs": batch.tolist()}))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    mlflow_cli = [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "--env-manager", "local"]
+    subprocess.run(
+        [*mlflow_cli, "-m", "models:/cnnpipe/latest", "-i", "input.json", "-t", "json", "-o", "out.json"],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    probabilities = np.array(json.loads((workdir / "out.json").read_text())["predictions"])
+    assert probabilities.shape == (4, 3)  # one probability per class: Trouser, Bag, Sneaker
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert (probabilities.argmax(axis=1) == test_labels).mean() >= 0.75
 
 
 def test_an_interrupted_training_resumes_into_the_same_run(workdir, raw_params):

@@ -131,4 +131,5 @@ def _log(run_file: Path, metrics: dict, figures: list[Path]) -> None:
         run.log_artifact(figure, "evaluation")
     if LOCK_FILE.exists():  # under DVC: the hashes of every stage's deps and outs for this run
         run.log_artifact(LOCK_FILE)
+    run.report_unlogged(earlier=run_info.get("unlogged", []))  # what train could not log, if anything
     run.finish()

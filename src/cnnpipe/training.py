@@ -9,6 +9,7 @@ import json
 import shutil
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -27,10 +28,12 @@ from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.module import CnnClassifier
 from cnnpipe.models.network import shape_table
-from cnnpipe.tracking.mlflow_run import TrackedRun, start_run
+from cnnpipe.tracking.mlflow_model import log_model
+from cnnpipe.tracking.mlflow_run import TrackedRun, check_reachable, resolve_tracking_uri, start_run
 
 console = Console()
 ERF_IMAGES = 32  # validation images the effective receptive field is averaged over
+MODEL_EXAMPLES = 2  # validation images stored as the logged model's input example
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callba
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
+        sync_batchnorm=cfg.sync_batchnorm,
         deterministic=cfg.deterministic,
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
@@ -91,8 +95,8 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callba
     )
 
 
-def _log_model_description(run: TrackedRun, module: CnnClassifier, where: TrainPaths) -> None:
-    """Model summary, receptive fields and the effective receptive field over real validation images."""
+def _log_model_description(run: TrackedRun, module: CnnClassifier, where: TrainPaths) -> torch.Tensor:
+    """Model summary, receptive fields and the effective receptive field over real validation images (returned)."""
     _, splits = load_store(where.pulled)
     images = to_model_input(splits["val"].images[:ERF_IMAGES])
     description = report.describe(module.network, images, where.trained)
@@ -103,21 +107,23 @@ def _log_model_description(run: TrackedRun, module: CnnClassifier, where: TrainP
     for key, value in description.tags.items():
         run.set_tag(key, value)
         console.print(f"[yellow]warning:[/] {value}")
+    return images
 
 
-def _start_or_resume(params: Params, where: TrainPaths, key: str) -> tuple[TrackedRun, Path | None]:
-    state = resume.resumable(where.checkpoints, key)
-    if state is None:
+def _open_run(params: Params, where: TrainPaths, key: str, resumed: resume.ResumeState | None) -> TrackedRun:
+    """Runs on global rank 0 only, inside fit: every rank has decided whether to resume before this."""
+    if resumed is None:
         resume.clear(where.checkpoints)
-    run = start_run(params.mlflow, run_id=state.run_id if state else None)
+    run = start_run(params.mlflow, run_id=resumed.run_id if resumed else None)
     resume.ResumeState(key, run.run_id, run.tracking_uri).write(where.checkpoints)
-    if state:
-        console.print(f"Resuming from {where.checkpoints / resume.LAST} into MLflow run {run.run_id}")
-        return run, where.checkpoints / resume.LAST
+    if resumed:
+        console.print(f"Resuming from {resume.latest_checkpoint(where.checkpoints)} into MLflow run {run.run_id}")
+        return run
     run.log_params(params)
-    if where.params_file.exists():
-        run.log_artifact(where.params_file)
-    return run, None
+    for path in (where.params_file, where.augmented / augmentation.PREVIEW_FILE):
+        if path.exists():
+            run.log_artifact(path)
+    return run
 
 
 def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
@@ -149,20 +155,23 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
         [path.read_text() if path.exists() else None for path in augmented],
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    run, ckpt_path = _start_or_resume(params, where, key)
-    history = EpochHistory(where.metrics / "train_history.csv", run)
+    check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))  # before any training, on every rank
+    resumed = resume.resumable(where.checkpoints, key)  # read-only here: rank 0 writes only once all ranks met
+    checkpoint = resume.latest_checkpoint(where.checkpoints) if resumed else None
+    history = EpochHistory(where.metrics / "train_history.csv", partial(_open_run, params, where, key, resumed))
     # state.json lives beside the checkpoints on purpose; Lightning's warning about a non-empty folder is noise.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     trainer = build_trainer(params.train, where.checkpoints, [history])
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into exit code 1 after its own clean-up
-        run.finish("KILLED")
+        if history.run is not None:
+            history.run.finish("KILLED")
         console.print(f"Interrupted: rerun `dvc repro` to resume from {where.checkpoints / resume.LAST}")
         raise
     if not trainer.is_global_zero:
         return {}
-    return _finish(params, where, key, run, module, history)
+    return _finish(params, where, key, history.run, module, history)
 
 
 def _finish(
@@ -170,7 +179,6 @@ def _finish(
 ) -> dict[str, float]:
     where.trained.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(where.checkpoints / resume.BEST, where.trained / "model.ckpt")
-    (where.trained / "run.json").write_text(json.dumps({"run_id": run.run_id, "tracking_uri": run.tracking_uri}))
     monitored = [row[params.train.monitor] for row in history.rows if params.train.monitor in row]
     best_epoch = monitored.index(max(monitored) if params.train.monitor.endswith("acc") else min(monitored))
     best = history.rows[best_epoch]
@@ -188,10 +196,14 @@ def _finish(
     for name in (resume.BEST, resume.LAST):
         run.log_artifact(where.checkpoints / name, "checkpoints")
     run.log_artifact(plots.training_curves(history.rows, where.trained / "training_curves.png"))
-    _log_model_description(run, module, where)
+    examples = _log_model_description(run, module, where)
+    log_model(run, module, examples[:MODEL_EXAMPLES].numpy(), params.mlflow.registered_model)
     run.log_metrics({f"best_{k}": v for k, v in metrics.items() if k in ("val_acc", "val_loss")})
     resume.ResumeState(key, run.run_id, run.tracking_uri, completed=True).write(where.checkpoints)
     run.finish()
+    # evaluate logs into the same run, and tells it what this stage could not log (a server gone away)
+    run_file = {"run_id": run.run_id, "tracking_uri": run.tracking_uri, "unlogged": run.unlogged}
+    (where.trained / "run.json").write_text(json.dumps(run_file, indent=2))
     console.print(
         f"Best epoch {best['epoch']}: val/acc {best['val/acc']:.4f}, val/loss {best['val/loss']:.4f}; "
         f"MLflow run {run.run_id}"

@@ -29,6 +29,7 @@ from cnnpipe.errors import CnnpipeError
 
 ONLINE, COPIES, PREVIEW = 0, 1, 2  # the seed streams
 PIPELINE_FILE, COPIES_IMAGES, COPIES_LABELS = "pipeline.json", "copies_images.npy", "copies_labels.npy"
+PREVIEW_FILE = "preview.png"  # originals beside augmented versions, logged with every run
 SUMMARY_FILE = "augment.json"  # what the stage did: transforms, copies, online; part of training's resume key
 CHUNK = 2048  # images per seeded chunk of the stored copies: fixed, so any core count gives the same result
 

@@ -1,13 +1,15 @@
 """Per-epoch history: a CSV that `dvc plots` reads and the same numbers in MLflow, epoch time and images/s included.
 
 The rows live in the callback's state, which Lightning stores in every checkpoint, so a resumed training
-continues the history instead of starting a new one.
+continues the history instead of starting a new one. The MLflow run is opened here, in `setup`, on global
+rank 0 only: however many processes DDP starts, there is one run.
 """
 
 from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,17 @@ from cnnpipe.tracking.mlflow_run import TrackedRun
 
 
 class EpochHistory(pl.Callback):
-    def __init__(self, csv_path: Path, run: TrackedRun | None = None):
+    def __init__(self, csv_path: Path, open_run: Callable[[], TrackedRun] | None = None):
         self.csv_path = Path(csv_path)
-        self.run = run
+        self.open_run = open_run
+        self.run: TrackedRun | None = None
         self.rows: list[dict[str, float]] = []
         self._started = self._last_batch = 0.0
         self._images = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and self.open_run is not None and self.run is None:
+            self.run = self.open_run()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = self._last_batch = time.perf_counter()

@@ -14,6 +14,26 @@ from cnnpipe.models.network import build_model_network, fix_first_conv
 from cnnpipe.models.spec import PlannedLayer
 
 
+def class_probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Per-class probabilities [B, N], also for the single-logit binary head (sigmoid), softmax otherwise."""
+    if binary:
+        positive = torch.sigmoid(logits.squeeze(1))
+        return torch.stack([1 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+class Predictor(torch.nn.Module):
+    """The served model: images [B, C, H, W] in [0, 1] -> class probabilities [B, N], one column per class."""
+
+    def __init__(self, network: torch.nn.Module, binary: bool):
+        super().__init__()
+        self.network = network
+        self.binary = binary
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return class_probabilities(self.network(images), self.binary)
+
+
 class CnnClassifier(pl.LightningModule):
     """Classifies [C, H, W] images in [0, 1].
 
@@ -58,14 +78,22 @@ class CnnClassifier(pl.LightningModule):
         return F.cross_entropy(logits, labels, label_smoothing=smoothing)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities [B, N], also for the single-logit binary head."""
-        if self.binary:
-            positive = torch.sigmoid(logits.squeeze(1))
-            return torch.stack([1 - positive, positive], dim=1)
-        return torch.softmax(logits, dim=1)
+        return class_probabilities(logits, self.binary)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits.squeeze(1) > 0).long() if self.binary else logits.argmax(dim=1)
+
+    def on_fit_start(self) -> None:
+        if self.train_config.channels_last:  # NHWC weights; the batches follow in on_after_batch_transfer
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not self.train_config.channels_last:
+            return batch
+        if isinstance(batch, torch.Tensor):  # the model summary's example input
+            return batch.contiguous(memory_format=torch.channels_last)
+        images, labels = batch
+        return images.contiguous(memory_format=torch.channels_last), labels
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch

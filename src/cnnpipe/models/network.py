@@ -94,7 +94,7 @@ def build_model_network(
         layers = config.layers
         if config.preset is not None:
             layers = ModelConfig(layers=presets.LAYER_PRESETS[config.preset]).layers
-        plan = plan_layers(layers, input_shape, num_classes)
+        plan = plan_layers(config.scaled_layers(layers), input_shape, num_classes)
         return plan, build_network(plan, mean, std)
     body = presets.preset_module(config.preset, input_shape[0], head_outputs(num_classes))
     network = nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), ("body", body)]))

@@ -15,6 +15,7 @@ from pathlib import Path
 STATE_FILE = "state.json"
 LAST = "last.ckpt"
 BEST = "best.ckpt"
+PREEMPTED = "hpc_ckpt_*.ckpt"  # what Lightning's SLURM auto-requeue saves on the preemption signal (SIGUSR1)
 
 
 @dataclass
@@ -43,14 +44,20 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest of last.ckpt (end of an epoch) and a preemption checkpoint (mid-epoch), if any."""
+    candidates = [path for path in (directory / LAST, *directory.glob(PREEMPTED)) if path.exists()]
+    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+
+
 def resumable(directory: Path, expected: str) -> ResumeState | None:
     state = ResumeState.read(directory)
-    if state and state.fingerprint == expected and not state.completed and (directory / LAST).exists():
+    if state and state.fingerprint == expected and not state.completed and latest_checkpoint(directory):
         return state
     return None
 
 
 def clear(directory: Path) -> None:
     """Removes checkpoints of another configuration (already logged to MLflow by the run that made them)."""
-    for path in (directory / LAST, directory / BEST, directory / STATE_FILE):
+    for path in (directory / LAST, directory / BEST, directory / STATE_FILE, *directory.glob(PREEMPTED)):
         path.unlink(missing_ok=True)

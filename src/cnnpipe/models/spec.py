@@ -91,6 +91,7 @@ LayerSpec = Annotated[
     Field(discriminator="type"),
 ]
 PRESETS = ("lecture", "lenet5", "vgg-small", "resnet-small")  # built in cnnpipe.models.presets
+LAYER_LIST_PRESETS = PRESETS[:3]  # written as layer lists: the shape table and model.width apply to them
 TORCHVISION_PREFIX = "torchvision:"
 LAYER_TYPES = ("conv", "maxpool", "avgpool", "global_avgpool", "batchnorm", *ACTIVATIONS, "dropout", "flatten", "dense")
 

@@ -28,7 +28,7 @@ def run(params: Params, pulled: Path = paths.PULLED, out: Path = paths.AUGMENTED
             pipeline,
             params.seed,
             cfg.preview,
-            staging / "preview.png",
+            staging / augmentation.PREVIEW_FILE,
         )
         if cfg.copies:
             # drawn by the saved pipeline.json, the very pipeline that training loads

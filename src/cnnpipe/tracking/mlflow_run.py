@@ -2,6 +2,9 @@
 
 Uses MlflowClient with an explicit run id rather than mlflow's global "active run", so two stages (and
 later a resumed train stage) can address the same run without sharing process state.
+
+A tracking server that goes away mid-training does not stop the training: every call that fails is
+recorded, the checkpoints stay on disk, and the run is told afterwards what it is missing.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +31,54 @@ import cnnpipe
 from cnnpipe.config import MlflowConfig, Params
 from cnnpipe.errors import CnnpipeError
 
+# MLflow retries a failed request 7 times with exponential back-off (minutes per call); a training whose
+# server went away should lose seconds, not hours. Set these variables yourself to override.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+UNLOGGED_TAG = "cnnpipe.unlogged"
+
+
+SQLITE = "sqlite:///"
+
 
 def resolve_tracking_uri(uri: str, root: Path | None = None) -> str:
-    """Makes a relative `sqlite:///file.db` absolute (relative to `root`, the repository root by default)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(((root or Path.cwd()) / uri.removeprefix(prefix)).resolve())
+    """Makes a relative `sqlite:///file.db` absolute, relative to `root` or else the repository root.
+
+    `dvc exp run --queue/--temp` runs stages in a copy under .dvc/tmp/exps; DVC_ROOT names the real
+    repository there, so every experiment logs into the one database instead of a throw-away copy.
+    """
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        base = root or Path(os.environ.get("DVC_ROOT") or Path.cwd())
+        return SQLITE + str((base / uri.removeprefix(SQLITE)).resolve())
     return uri
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fails fast, before any training, when a tracking server does not answer."""
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside a SQLite database (mlruns/NAME), not in whatever folder the first run happened to start in."""
+    if not uri.startswith(SQLITE):
+        return None  # a server decides where artifacts go
+    folder = Path(uri.removeprefix(SQLITE)).parent / "mlruns" / re.sub(r"[^\w.-]", "_", experiment)
+    return folder.as_uri()
+
+
+def _health(uri: str, timeout: float) -> str | None:
+    """None when the tracking store answers, else why not. Local stores (sqlite, files) always answer."""
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fails fast, before any training, when a tracking server does not answer."""
+    if (reason := _health(uri, timeout)) is not None:
         raise CnnpipeError(
-            f"mlflow.tracking_uri: no MLflow tracking server answers at {uri} ({getattr(exc, 'reason', exc)}); "
+            f"mlflow.tracking_uri: no MLflow tracking server answers at {uri} ({reason}); "
             "start it, or use sqlite:///mlflow.db for a local store"
         ) from None
 
@@ -103,36 +137,72 @@ class TrackedRun:
     client: MlflowClient
     run_id: str
     tracking_uri: str
+    unlogged: list[str] = field(default_factory=list)  # what failed to reach the tracking store
+
+    def _try(self, what: str, call: Callable[[], object]) -> bool:
+        """Runs one tracking call; a failure is recorded instead of raised, so the training goes on."""
+        if self.unlogged and _health(self.tracking_uri, timeout=2.0) is not None:
+            self.unlogged.append(what)  # still gone: don't wait for MLflow's retries again
+            return False
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - MlflowException, requests' and OS errors alike: none may stop training
+            if not self.unlogged:
+                print(
+                    f"warning: MLflow: could not log {what} to {self.tracking_uri}: {str(exc).splitlines()[0][:200]}",
+                    file=sys.stderr,
+                )
+            self.unlogged.append(what)
+            return False
+        return True
 
     def log_params(self, params: Params) -> None:
         flat = flatten(params.model_dump(mode="json", by_alias=True))
         # MLflow rejects longer values; the full params.yaml is logged as an artifact next to them.
         entries = [Param(key, value[:MAX_PARAM_VAL_LENGTH]) for key, value in sorted(flat.items())]
         for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=entries[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+            batch = entries[start : start + MAX_PARAMS_TAGS_PER_BATCH]
+            self._try("params", lambda batch=batch: self.client.log_batch(self.run_id, params=batch))
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         entries = [Metric(metric_key(key), float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=entries)
+        self._try(f"metrics of step {step}", lambda: self.client.log_batch(self.run_id, metrics=entries))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        name = f"{folder}/{Path(path).name}" if folder else Path(path).name
+        self._try(f"artifact {name}", lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self._try(f"artifact {name}", lambda: self.client.log_text(self.run_id, text, name))
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        self._try(f"tag {key}", lambda: self.client.set_tag(self.run_id, key, value))
+
+    def log_call(self, what: str, call: Callable[[], object]) -> bool:
+        """Any other tracking call (the model, the registry) with the same failure handling."""
+        return self._try(what, call)
+
+    def report_unlogged(self, earlier: list[str] = ()) -> None:
+        """Tells the run (when it can be reached) and the console what never got logged."""
+        missing = [*earlier, *self.unlogged]
+        if not missing:
+            return
+        print(
+            f"warning: MLflow run {self.run_id} is missing {len(missing)} item(s): {', '.join(missing)[:500]}",
+            file=sys.stderr,
+        )
+        self._try("unlogged list", lambda: self.client.set_tag(self.run_id, UNLOGGED_TAG, "; ".join(missing)[:5000]))
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        self._try("run status", lambda: self.client.set_terminated(self.run_id, status))
+        self.report_unlogged()
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, _artifact_location(client.tracking_uri, name))
     if experiment.lifecycle_stage == "deleted":
         raise CnnpipeError(
             f"mlflow.experiment: '{name}' is deleted in the tracking store; restore it or pick a new name"

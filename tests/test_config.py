@@ -25,6 +25,8 @@ def test_repository_params_are_valid():
         ("train", "devices", "many", "train.devices: Input should be a valid integer"),
         ("augment", "copies", -1, "augment.copies: Input should be greater than or equal to 0"),
         ("data", "source", "imagefolder", "data.path: is required when data.source is 'imagefolder'"),
+        ("train", "sync_batchnorm", True, "train.sync_batchnorm: needs train.accelerator: gpu (got auto)"),
+        ("train", "strategy", "ddp_spawn", "train.strategy: Input should be 'auto', 'ddp'"),
     ],
 )
 def test_invalid_values_name_the_key_and_what_is_valid(raw_params, section, key, value, expected):
@@ -85,3 +87,18 @@ def test_check_prints_the_shape_table(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "[32, 7, 7]" in result.stdout and "[1568]" in result.stdout
+
+
+def test_width_multiplies_every_conv_and_dense_layer(raw_params):
+    from cnnpipe.models.network import build_model_network
+
+    raw_params["model"]["width"] = 0.5
+    plan, network = build_model_network(parse_params(raw_params).model, (1, 28, 28), 10, [0.0], [1.0])
+    widths = [layer.out_shape[0] for layer in plan if layer.kind in ("conv", "dense")]
+    assert widths == [8, 16, 64, 10]  # 16, 32 and 128 halved; the head keeps one logit per class
+
+
+def test_width_is_refused_for_a_network_that_is_not_a_layer_list(raw_params):
+    raw_params["model"].update(preset="resnet-small", width=2)
+    with pytest.raises(CnnpipeError, match=r"^params.yaml: model.width: applies to layer lists .* not to resnet-small"):
+        parse_params(raw_params)

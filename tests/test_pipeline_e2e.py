@@ -1,42 +1,14 @@
 """`dvc repro` end to end in a temporary git repository, with real DVC, real data and a real MLflow store."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, small_run_params, write_params
+from tests.conftest import sh
 
 pytestmark = pytest.mark.e2e
-BIN = str(Path(sys.executable).parent)
-
-
-def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
-    return result
-
-
-@pytest.fixture
-def repo(tmp_path, raw_params):
-    """A fresh clone's worth of the project: dvc.yaml, params.yaml and the code its stages depend on."""
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, tmp_path / name)
-    shutil.copytree(REPO / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    write_params(tmp_path / "params.yaml", small_run_params(raw_params, tmp_path))
-    sh("git", "init", "-q", cwd=tmp_path)
-    sh("dvc", "init", "-q", cwd=tmp_path)
-    sh("dvc", "config", "core.analytics", "false", cwd=tmp_path)
-    sh("git", "add", "-A", cwd=tmp_path)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=tmp_path)
-    return tmp_path
 
 
 def ran(output: str) -> list[str]:
@@ -62,7 +34,8 @@ def test_dvc_repro_runs_reruns_only_what_changed_and_logs_one_run_each(repo):
     changed = sh("dvc", "repro", cwd=repo)
     assert ran(changed.stdout) == ["train", "evaluate"]
 
-    experiment = sh("dvc", "exp", "run", "-n", "faster-lr", "-S", "train.lr=0.005", cwd=repo)
+    # --temp runs in a copy under .dvc/tmp/exps, as queued experiments do: the run still lands in ./mlflow.db
+    experiment = sh("dvc", "exp", "run", "--temp", "-n", "faster-lr", "-S", "train.lr=0.005", cwd=repo)
     assert ran(experiment.stdout) == ["train", "evaluate"]
 
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
@@ -78,3 +51,14 @@ def test_dvc_repro_runs_reruns_only_what_changed_and_logs_one_run_each(repo):
     assert first.data.tags["dvc.data"] == (
         f"data/pulled:{lock['pull']['outs'][0]['md5']} data/augmented:{lock['augment']['outs'][0]['md5']}"
     )
+
+
+def test_sweep_queues_its_whole_grid_as_dvc_experiments(repo):
+    queued = sh("pipelines/sweeps/width_x_augmentation.sh", cwd=repo).stdout
+    overrides = {line for line in queued.splitlines() if line.startswith("Queueing with overrides")}
+    grid = {(width, online) for width in ("0.5", "1", "2") for online in ("True", "False")}
+    assert overrides == {
+        f"Queueing with overrides '{{'params.yaml': ['model.width={w}', 'augment.online={o}']}}'." for w, o in grid
+    }
+    status = sh("dvc", "queue", "status", cwd=repo).stdout
+    assert status.count("Queued") == 6

@@ -87,7 +87,34 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
     return tuple(manifest.shape), manifest.num_classes
 
 
-TOOLS = {"check": _check, "rf": _rf, "kernels": _kernels}
+def _compare(args: argparse.Namespace) -> None:
+    """The runs of an MLflow experiment as a table: the params that differ, the metrics, best first."""
+    from rich.table import Table
+
+    from cnnpipe.tracking.compare import DEFAULT_METRICS, compare
+    from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
+
+    mlflow = None if args.tracking_uri and args.experiment else load_params(args.params).mlflow
+    uri = resolve_tracking_uri(args.tracking_uri or mlflow.tracking_uri)
+    experiment = args.experiment or mlflow.experiment
+    metrics = tuple(args.metrics.split(",")) if args.metrics else DEFAULT_METRICS
+    table = compare(uri, experiment, args.metric, metrics)
+    if args.format:
+        text = table.to_markdown() if args.format == "md" else table.to_csv()
+        if args.output:
+            args.output.write_text(text)
+        else:
+            print(text, end="")
+        return
+    view = Table(title=f"{experiment}: best {table.metric} first")
+    for column in table.columns:
+        view.add_column(column, overflow="fold")
+    for row in table.rows:
+        view.add_row(*row)
+    Console().print(view)
+
+
+TOOLS = {"check": _check, "rf": _rf, "kernels": _kernels, "compare": _compare}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,6 +143,13 @@ def parser() -> argparse.ArgumentParser:
     filters.add_argument("--stride", type=int, default=1)
     filters.add_argument("--padding", type=int, default=0)
     filters.add_argument("--output", type=Path, help="the PNG to write (default: IMAGE-KERNEL.png beside it)")
+    runs = commands.add_parser("compare", help=_compare.__doc__)
+    runs.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of params.yaml)")
+    runs.add_argument("--tracking-uri", help="default: mlflow.tracking_uri of params.yaml")
+    runs.add_argument("--metric", default="accuracy", help="sort by this metric (default: accuracy = test/accuracy)")
+    runs.add_argument("--metrics", help="comma-separated metric columns (default: test, validation, speed, rf)")
+    runs.add_argument("--format", choices=("md", "csv"), help="print Markdown or CSV instead of a table")
+    runs.add_argument("--output", type=Path, help="with --format: write to this file instead of stdout")
     return root
 
 

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.spec import LAYER_TYPES, PRESETS, TORCHVISION_PREFIX, LayerSpec
+from cnnpipe.models.spec import LAYER_LIST_PRESETS, LAYER_TYPES, PRESETS, TORCHVISION_PREFIX, LayerSpec
 
 DEFAULT_PARAMS = Path("params.yaml")
 SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
@@ -90,6 +90,9 @@ class ModelConfig(_Section):
         None, description=f"{', '.join(PRESETS)} or {TORCHVISION_PREFIX}NAME; replaces `layers` when set"
     )
     layers: list[LayerSpec] = Field(default_factory=list)
+    width: PositiveFloat = Field(
+        1.0, description="multiplies every conv's and dense layer's `out` (the network's width); depth is len(layers)"
+    )
     fixed_first_layer: list[str] = Field(
         default_factory=list,
         description="hand-made kernels (vertical_edge, sobel_x, ...) the first conv starts from, frozen",
@@ -103,7 +106,21 @@ class ModelConfig(_Section):
             )
         if self.preset is None and not self.layers:
             raise ValueError("model.layers: needs at least one layer, or set model.preset")
+        if self.width != 1 and self.preset is not None and self.preset not in LAYER_LIST_PRESETS:
+            raise ValueError(
+                f"model.width: applies to layer lists (model.layers, {', '.join(LAYER_LIST_PRESETS)}), "
+                f"not to {self.preset}; set it to 1"
+            )
         return self
+
+    def scaled_layers(self, layers: list[LayerSpec]) -> list[LayerSpec]:
+        """`layers` with each conv's and dense layer's `out` multiplied by `width` (at least 1)."""
+        if self.width == 1:
+            return list(layers)
+        return [
+            layer.model_copy(update={"out": max(1, round(layer.out * self.width))}) if hasattr(layer, "out") else layer
+            for layer in layers
+        ]
 
 
 class EarlyStoppingConfig(_Section):
@@ -126,7 +143,10 @@ class TrainConfig(_Section):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: PositiveInt | list[NonNegativeInt] | Literal["auto"] = "auto"
     num_nodes: PositiveInt = 1
-    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp"] = "auto"
+    # ddp_spawn is left out: it pickles the trainer into new processes and hands back only the weights.
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = "auto"
+    sync_batchnorm: bool = Field(False, description="batch-norm statistics over the global batch under DDP")
+    channels_last: bool = Field(False, description="NHWC memory format: faster convolutions on tensor-core GPUs")
     num_workers: NonNegativeInt = 0
     deterministic: bool = False
     monitor: Literal["val/acc", "val/loss"] = "val/acc"
@@ -134,6 +154,15 @@ class TrainConfig(_Section):
     limit_train_batches: PositiveInt | float = Field(1.0, gt=0)
     limit_val_batches: PositiveInt | float = Field(1.0, gt=0)
     threads: PositiveInt | None = Field(None, description="torch CPU threads; default: torch's choice")
+
+    @model_validator(mode="after")
+    def _sync_batchnorm_on_gpus(self) -> TrainConfig:
+        if self.sync_batchnorm and self.accelerator not in ("gpu", "cuda"):
+            raise ValueError(
+                f"train.sync_batchnorm: needs train.accelerator: gpu (got {self.accelerator}); "
+                "torch's SyncBatchNorm has no CPU kernel"
+            )
+        return self
 
 
 class EvaluateConfig(_Section):
@@ -145,6 +174,11 @@ class MlflowConfig(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = Field("cnnpipe", min_length=1)
     run_name: str | None = None
+    registered_model: str | None = Field(
+        "cnnpipe",
+        pattern=r"^[A-Za-z0-9][\w.\-]*$",
+        description="Model Registry name the trained model is registered under (letters, digits, _ . -); null: none",
+    )
 
 
 class Params(_Section):

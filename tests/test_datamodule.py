@@ -155,3 +155,47 @@ def test_a_batch_draws_by_its_epoch_and_first_index_only(tmp_path):
     assert torch.equal(images, train.__getitems__(keys)[0])
     assert not torch.equal(images, train.__getitems__([(1, index) for _, index in keys])[0])
     assert not torch.equal(images[1:], train.__getitems__(keys[1:])[0])  # another first index, another draw
+
+
+class RankRecorder(Recorder):
+    """Saves its batches per rank: a spawned DDP process hands back nothing else."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def on_train_end(self):
+        torch.save(self.batches, self.folder / f"rank{self.global_rank}.pt")
+
+
+def record_two_ranks(tmp_path, folder):
+    folder.mkdir()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",  # in-process launch: a test cannot re-run pytest as Lightning's `ddp` would
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(RankRecorder(folder), datamodule=datamodule(tmp_path))
+    return [torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)]
+
+
+def test_two_ddp_ranks_get_disjoint_images_and_their_own_reproducible_draws(tmp_path):
+    split = make_data(tmp_path, [{"GaussNoise": {"p": 1}}])
+    ranks = record_two_ranks(tmp_path, tmp_path / "first")
+    for epoch in (1, 0):
+        seen = [by_original(batches, split, epoch) for batches in ranks]
+        assert len(seen[0]) == len(seen[1]) == 48 and not set(seen[0]) & set(seen[1])
+    stored = torch.from_numpy(split.images).permute(0, 3, 1, 2).float() / 255
+    noise = [image - stored[index] for index, image in (next(iter(rank.items())) for rank in seen)]
+    assert not torch.allclose(noise[0], noise[1])  # each rank draws its own augmentation
+    again = record_two_ranks(tmp_path, tmp_path / "again")
+    for before, after in zip(ranks, again, strict=True):
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(before, after, strict=True))  # the seed decides all

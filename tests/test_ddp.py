@@ -1,0 +1,111 @@
+"""DDP on CPU (gloo) for real: two processes through `dvc repro`, two simulated nodes under torchrun, a crash.
+
+The GPU path is the same code with `accelerator: gpu` and NCCL; CI has no GPU.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import BIN, dvc_repo, run_cnnpipe, sh, small_run_params, write_params
+from tests.mlflow_server import free_port
+
+pytestmark = pytest.mark.e2e
+# Same data, same global batch (64) and the same number of images per epoch in both runs.
+COMPARED = {"epochs": 2, "limit_train_batches": 20, "limit_val_batches": 1.0}
+TOLERANCE = 0.03  # test accuracy, DDP against one process: different batch-norm batches and data order
+
+
+def one_run(root: Path):
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
+    return client, run
+
+
+def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_path, raw_params):
+    ddp_root, single_root = tmp_path / "ddp", tmp_path / "single"
+    ddp_root.mkdir(), single_root.mkdir()
+    ddp = small_run_params(raw_params, ddp_root, devices=2, strategy="ddp", batch_size=32, **COMPARED)
+    dvc_repo(ddp_root, ddp)
+    sh("dvc", "repro", cwd=ddp_root)
+
+    client, run = one_run(ddp_root)
+    assert run.data.params["train.devices"] == "2" and "test/accuracy" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+    history = (ddp_root / "metrics/train_history.csv").read_text().splitlines()
+    assert len(history) == 3  # one header, one row per epoch: written once, by rank 0
+    assert sorted(p.name for p in (ddp_root / "data/checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "state.json"]
+
+    write_params(single_root / "params.yaml", small_run_params(raw_params, single_root, batch_size=64, **COMPARED))
+    for stage in ("pull", "augment", "train", "evaluate"):
+        run_cnnpipe(stage, cwd=single_root)
+    ddp_accuracy = json.loads((ddp_root / "metrics/test.json").read_text())["accuracy"]
+    single_accuracy = json.loads((single_root / "metrics/test.json").read_text())["accuracy"]
+    assert abs(ddp_accuracy - single_accuracy) <= TOLERANCE, (ddp_accuracy, single_accuracy)
+
+
+def test_two_nodes_simulated_with_torchrun_on_localhost(workdir, raw_params):
+    params = small_run_params(raw_params, workdir, num_nodes=2, devices=1, strategy="ddp")
+    write_params(workdir / "params.yaml", params)
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            [f"{BIN}/torchrun", "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1"]
+            + ["--master-addr", "127.0.0.1", "--master-port", port, "-m", "cnnpipe", "train"],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    client, run = one_run(workdir)
+    assert run.data.params["train.num_nodes"] == "2"
+    assert len((workdir / "metrics/train_history.csv").read_text().splitlines()) == 3
+    assert (workdir / "data/train/model.ckpt").exists()
+
+
+def rank_of(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((item.split(b"=", 1)[1].decode() for item in environ if item.startswith(b"LOCAL_RANK=")), None)
+
+
+def test_a_crashed_rank_ends_the_whole_job_within_60_seconds(workdir, raw_params):
+    params = small_run_params(raw_params, workdir, devices=2, strategy="ddp", epochs=50, limit_train_batches=40)
+    write_params(workdir / "params.yaml", params)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "cnnpipe", "train"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        history = workdir / "metrics/train_history.csv"
+        deadline = time.monotonic() + 180
+        while not history.exists():  # rank 0 wrote epoch 0: both ranks are deep in training
+            assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()[-3000:]
+            time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+        (rank_1,) = [int(pid) for pid in children if rank_of(int(pid)) == "1"]
+        os.kill(rank_1, signal.SIGKILL)
+        killed = time.monotonic()
+        job.wait(timeout=60)
+        assert job.returncode != 0
+        assert time.monotonic() - killed < 60
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)

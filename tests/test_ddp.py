@@ -5,6 +5,7 @@ The GPU path is the same code with `accelerator: gpu` and NCCL; CI has no GPU.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from tests.mlflow_server import free_port
 pytestmark = pytest.mark.e2e
 # Same data, same global batch (64) and the same number of images per epoch in both runs.
 COMPARED = {"epochs": 2, "limit_train_batches": 20, "limit_val_batches": 1.0}
-TOLERANCE = 0.03  # test accuracy, DDP against one process: different batch-norm batches and data order
+# Validation accuracy over all 1,800 images; the runs differ in batch-norm batches and data order.
+TOLERANCE = 0.03
 
 
 def one_run(root: Path):
@@ -44,10 +46,11 @@ def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_p
     assert sorted(p.name for p in (ddp_root / "data/checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "state.json"]
 
     write_params(single_root / "params.yaml", small_run_params(raw_params, single_root, batch_size=64, **COMPARED))
-    for stage in ("pull", "augment", "train", "evaluate"):
-        run_cnnpipe(stage, cwd=single_root)
-    ddp_accuracy = json.loads((ddp_root / "metrics/test.json").read_text())["accuracy"]
-    single_accuracy = json.loads((single_root / "metrics/test.json").read_text())["accuracy"]
+    for data in ("data/pulled", "data/augmented"):  # the very same data
+        shutil.copytree(ddp_root / data, single_root / data)
+    run_cnnpipe("train", cwd=single_root)
+    ddp_accuracy = json.loads((ddp_root / "metrics/train.json").read_text())["val_acc"]
+    single_accuracy = json.loads((single_root / "metrics/train.json").read_text())["val_acc"]
     assert abs(ddp_accuracy - single_accuracy) <= TOLERANCE, (ddp_accuracy, single_accuracy)
 
 

@@ -67,15 +67,17 @@ def test_rest_api_shows_one_run_with_params_metrics_tags_and_artifacts(tmp_path,
     assert [v["run_id"] for v in versions] == [run_id]
 
 
-def test_unreachable_server_stops_training_before_it_starts(tmp_path, raw_params, server):
-    repo = prepared_repo(tmp_path, raw_params, server)
-    server.stop()
-    result = run_cnnpipe("train", cwd=repo, check=False)
+def test_unreachable_server_stops_training_before_it_starts(tmp_path, raw_params):
+    raw = small_run_params(raw_params, tmp_path)
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    raw["mlflow"]["tracking_uri"] = url
+    write_params(tmp_path / "params.yaml", raw)
+    result = run_cnnpipe("train", cwd=tmp_path, check=False)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"cnnpipe: error: mlflow.tracking_uri: no MLflow tracking server answers at {server.url}")
+    assert line.startswith(f"cnnpipe: error: mlflow.tracking_uri: no MLflow tracking server answers at {url}")
     assert "Connection refused" in line and line.endswith("or use sqlite:///mlflow.db for a local store")
-    assert not (repo / "data/checkpoints/last.ckpt").exists()
+    assert not (tmp_path / "data").exists()  # nothing trained, nothing written
 
 
 def test_server_gone_during_training_keeps_checkpoints_and_the_run_learns_what_is_missing(tmp_path, raw_params, server):

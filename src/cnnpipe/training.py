@@ -128,6 +128,7 @@ def _open_run(params: Params, where: TrainPaths, key: str, resumed: resume.Resum
 
 def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     """Fits the model; writes the best checkpoint, run.json and metrics/train.json. Returns those metrics."""
+    check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))  # before anything else, on every rank
     datamodule = ImageDataModule(
         where.pulled,
         where.augmented,
@@ -155,7 +156,6 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
         [path.read_text() if path.exists() else None for path in augmented],
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))  # before any training, on every rank
     resumed = resume.resumable(where.checkpoints, key)  # read-only here: rank 0 writes only once all ranks met
     checkpoint = resume.latest_checkpoint(where.checkpoints) if resumed else None
     history = EpochHistory(where.metrics / "train_history.csv", partial(_open_run, params, where, key, resumed))

@@ -76,10 +76,19 @@ def repo(tmp_path, raw_params):
     return dvc_repo(tmp_path, small_run_params(raw_params, tmp_path))
 
 
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory) -> Path:
+    """data/pulled and data/augmented for small_run_params, made once per session by the real stages."""
+    root = tmp_path_factory.mktemp("prepared")
+    write_params(root / "params.yaml", small_run_params(yaml.safe_load((REPO / "params.yaml").read_text()), root))
+    run_cnnpipe("pull", cwd=root)
+    run_cnnpipe("augment", cwd=root)
+    return root / "data"
+
+
 @pytest.fixture
-def workdir(tmp_path, raw_params):
+def workdir(tmp_path, raw_params, prepared_data):
     """A folder with params.yaml and the pulled, augmented data: what train and evaluate start from."""
     write_params(tmp_path / "params.yaml", small_run_params(raw_params, tmp_path))
-    run_cnnpipe("pull", cwd=tmp_path)
-    run_cnnpipe("augment", cwd=tmp_path)
+    shutil.copytree(prepared_data, tmp_path / "data")
     return tmp_path

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,15 +20,14 @@ def server(tmp_path_factory):
     server.stop()
 
 
-def prepared_repo(root, raw_params, server, **train):
+def prepared_repo(root, raw_params, server, data, **train):
     """A git repository with params.yaml pointing at the server, and the data pulled and augmented."""
     raw = small_run_params(raw_params, root, **train)
     raw["mlflow"].update(tracking_uri=server.url, experiment="remote")
     write_params(root / "params.yaml", raw)
     for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
         subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *command], cwd=root, check=True)
-    run_cnnpipe("pull", cwd=root)
-    run_cnnpipe("augment", cwd=root)
+    shutil.copytree(data, root / "data")
     return root
 
 
@@ -38,8 +38,8 @@ def only_run(server):
     return runs[0]
 
 
-def test_rest_api_shows_one_run_with_params_metrics_tags_and_artifacts(tmp_path, raw_params, server):
-    repo = prepared_repo(tmp_path, raw_params, server)
+def test_rest_api_shows_one_run_with_params_metrics_tags_and_artifacts(tmp_path, raw_params, server, prepared_data):
+    repo = prepared_repo(tmp_path, raw_params, server, prepared_data)
     run_cnnpipe("train", cwd=repo)
     run_cnnpipe("evaluate", cwd=repo)
 

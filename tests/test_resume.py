@@ -9,11 +9,14 @@ def test_a_preemption_checkpoint_newer_than_last_is_resumed_and_cleared_with_the
     resume.ResumeState("key", "run", "sqlite:///m.db").write(tmp_path)
     assert resume.resumable(tmp_path, "key") is None  # nothing to resume from yet
     (tmp_path / resume.LAST).write_bytes(b"epoch 3")
-    assert resume.latest_checkpoint(tmp_path) == tmp_path / resume.LAST
-    preempted = tmp_path / "hpc_ckpt_1.ckpt"  # Lightning's name for what it saves on SLURM's SIGUSR1
+    assert resume.latest_checkpoint(tmp_path, "key") == tmp_path / resume.LAST
+    folder = resume.preemption_dir(tmp_path, "key")
+    folder.mkdir()
+    preempted = folder / "hpc_ckpt_1.ckpt"  # Lightning's name for what it saves on SLURM's SIGUSR1
     preempted.write_bytes(b"epoch 4, batch 120")
     os.utime(tmp_path / resume.LAST, (1, 1))
-    assert resume.latest_checkpoint(tmp_path) == preempted
+    assert resume.latest_checkpoint(tmp_path, "key") == preempted
+    assert resume.latest_checkpoint(tmp_path, "other key") == tmp_path / resume.LAST
     assert resume.resumable(tmp_path, "key").run_id == "run"
     assert resume.resumable(tmp_path, "other key") is None
     resume.clear(tmp_path)

@@ -58,7 +58,7 @@ def build_module(params: Params, datamodule: ImageDataModule) -> CnnClassifier:
     )
 
 
-def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+def build_trainer(cfg: TrainConfig, checkpoints: Path, root: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
     mode = "max" if cfg.monitor.endswith("acc") else "min"
     callbacks = [
         ModelCheckpoint(
@@ -90,7 +90,7 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, callbacks: list[pl.Callba
         limit_val_batches=cfg.limit_val_batches,
         callbacks=callbacks,
         logger=False,  # metrics go to MLflow through EpochHistory, once per epoch
-        default_root_dir=checkpoints,
+        default_root_dir=root,  # where Lightning puts a SLURM preemption checkpoint
         use_distributed_sampler=False,  # the datamodule's EpochSampler shards exactly, without padding
     )
 
@@ -117,7 +117,7 @@ def _open_run(params: Params, where: TrainPaths, key: str, resumed: resume.Resum
     run = start_run(params.mlflow, run_id=resumed.run_id if resumed else None)
     resume.ResumeState(key, run.run_id, run.tracking_uri).write(where.checkpoints)
     if resumed:
-        console.print(f"Resuming from {resume.latest_checkpoint(where.checkpoints)} into MLflow run {run.run_id}")
+        console.print(f"Resuming from {resume.latest_checkpoint(where.checkpoints, key)} into MLflow run {run.run_id}")
         return run
     run.log_params(params)
     for path in (where.params_file, where.augmented / augmentation.PREVIEW_FILE):
@@ -157,11 +157,11 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
     resumed = resume.resumable(where.checkpoints, key)  # read-only here: rank 0 writes only once all ranks met
-    checkpoint = resume.latest_checkpoint(where.checkpoints) if resumed else None
+    checkpoint = resume.latest_checkpoint(where.checkpoints, key) if resumed else None
     history = EpochHistory(where.metrics / "train_history.csv", partial(_open_run, params, where, key, resumed))
     # state.json lives beside the checkpoints on purpose; Lightning's warning about a non-empty folder is noise.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    trainer = build_trainer(params.train, where.checkpoints, [history])
+    trainer = build_trainer(params.train, where.checkpoints, resume.preemption_dir(where.checkpoints, key), [history])
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into exit code 1 after its own clean-up

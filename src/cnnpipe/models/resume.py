@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,20 +45,32 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
+def preemption_dir(directory: Path, expected: str) -> Path:
+    """The Trainer's default_root_dir: one per configuration.
+
+    Lightning saves its preemption checkpoint there and, on SLURM with no ckpt_path, resumes from whatever it
+    finds there; a folder of its own per configuration keeps it from resuming another configuration's weights.
+    """
+    return directory / f"preempted-{expected[:16]}"
+
+
+def latest_checkpoint(directory: Path, expected: str) -> Path | None:
     """The newest of last.ckpt (end of an epoch) and a preemption checkpoint (mid-epoch), if any."""
-    candidates = [path for path in (directory / LAST, *directory.glob(PREEMPTED)) if path.exists()]
+    preempted = preemption_dir(directory, expected).glob(PREEMPTED)
+    candidates = [path for path in (directory / LAST, *preempted) if path.exists()]
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def resumable(directory: Path, expected: str) -> ResumeState | None:
     state = ResumeState.read(directory)
-    if state and state.fingerprint == expected and not state.completed and latest_checkpoint(directory):
+    if state and state.fingerprint == expected and not state.completed and latest_checkpoint(directory, expected):
         return state
     return None
 
 
 def clear(directory: Path) -> None:
     """Removes checkpoints of another configuration (already logged to MLflow by the run that made them)."""
-    for path in (directory / LAST, directory / BEST, directory / STATE_FILE, *directory.glob(PREEMPTED)):
+    for path in (directory / LAST, directory / BEST, directory / STATE_FILE):
         path.unlink(missing_ok=True)
+    for folder in directory.glob(preemption_dir(directory, "*").name):
+        shutil.rmtree(folder)

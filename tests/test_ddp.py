@@ -49,6 +49,10 @@ def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_p
     for data in ("data/pulled", "data/augmented"):  # the very same data
         shutil.copytree(ddp_root / data, single_root / data)
     run_cnnpipe("train", cwd=single_root)
+    outputs = [
+        sorted(str(p.relative_to(root)) for p in (root / "data/train").rglob("*")) for root in (ddp_root, single_root)
+    ]
+    assert outputs[0] == outputs[1]  # the stage writes the same files however many processes trained
     ddp_accuracy = json.loads((ddp_root / "metrics/train.json").read_text())["val_acc"]
     single_accuracy = json.loads((single_root / "metrics/train.json").read_text())["val_acc"]
     assert abs(ddp_accuracy - single_accuracy) <= TOLERANCE, (ddp_accuracy, single_accuracy)

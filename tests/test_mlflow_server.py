@@ -80,8 +80,10 @@ def test_unreachable_server_stops_training_before_it_starts(tmp_path, raw_params
     assert not (tmp_path / "data").exists()  # nothing trained, nothing written
 
 
-def test_server_gone_during_training_keeps_checkpoints_and_the_run_learns_what_is_missing(tmp_path, raw_params, server):
-    repo = prepared_repo(tmp_path, raw_params, server, epochs=4, limit_train_batches=30)
+def test_server_gone_during_training_keeps_checkpoints_and_the_run_learns_what_is_missing(
+    tmp_path, raw_params, server, prepared_data
+):
+    repo = prepared_repo(tmp_path, raw_params, server, prepared_data, epochs=4, limit_train_batches=30)
     training = subprocess.Popen(
         [sys.executable, "-m", "cnnpipe", "train"],
         cwd=repo,

@@ -108,10 +108,11 @@ def _compare(args: argparse.Namespace) -> None:
         return
     view = Table(title=f"{experiment}: best {table.metric} first")
     for column in table.columns:
-        view.add_column(column, overflow="fold")
+        view.add_column(column, no_wrap=column != "run")  # numbers stay whole; long run names fold
     for row in table.rows:
         view.add_row(*row)
-    Console().print(view)
+    # Rich assumes 80 columns when stdout is not a terminal (a pipe, a CI log): don't squeeze the table there.
+    Console(width=None if sys.stdout.isatty() else 250).print(view)
 
 
 TOOLS = {"check": _check, "rf": _rf, "kernels": _kernels, "compare": _compare}

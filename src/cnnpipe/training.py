@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.model_summary import ModelSummary
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rich.console import Console
 
 from cnnpipe import paths, plots
@@ -128,7 +129,8 @@ def _open_run(params: Params, where: TrainPaths, key: str, resumed: resume.Resum
 
 def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     """Fits the model; writes the best checkpoint, run.json and metrics/train.json. Returns those metrics."""
-    check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))  # before anything else, on every rank
+    if rank_zero_only.rank == 0:  # before anything else; the other ranks never talk to MLflow
+        check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))
     datamodule = ImageDataModule(
         where.pulled,
         where.augmented,

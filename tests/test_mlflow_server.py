@@ -63,6 +63,8 @@ def test_rest_api_shows_one_run_with_params_metrics_tags_and_artifacts(tmp_path,
     assert {"receptive_field.json", "first_layer_kernels.png", "feature_maps.png", "model_summary.txt"} <= names
     evaluation = {f["path"] for f in server.api(f"artifacts/list?run_id={run_id}&path=evaluation")["files"]}
     assert evaluation == {"evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
+    images = {f["path"].split("+")[0] for f in server.api(f"artifacts/list?run_id={run_id}&path=images")["files"]}
+    assert {"images/confusion_matrix", "images/training_curves", "images/preview"} <= images  # UI comparison
     versions = server.api("registered-models/get-latest-versions", {"name": "cnnpipe"})["model_versions"]
     assert [v["run_id"] for v in versions] == [run_id]
 

@@ -26,6 +26,7 @@ import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+from PIL import Image
 
 import cnnpipe
 from cnnpipe.config import MlflowConfig, Params
@@ -170,8 +171,14 @@ class TrackedRun:
         self._try(f"metrics of step {step}", lambda: self.client.log_batch(self.run_id, metrics=entries))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        name = f"{folder}/{Path(path).name}" if folder else Path(path).name
+        """A file; a PNG figure also as a keyed image, which the UI's run comparison shows side by side."""
+        path = Path(path)
+        name = f"{folder}/{path.name}" if folder else path.name
         self._try(f"artifact {name}", lambda: self.client.log_artifact(self.run_id, str(path), folder))
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                figure = image.convert("RGB")
+            self._try(f"image {path.stem}", lambda: self.client.log_image(self.run_id, figure, key=path.stem, step=0))
 
     def log_text(self, text: str, name: str) -> None:
         self._try(f"artifact {name}", lambda: self.client.log_text(self.run_id, text, name))

@@ -23,9 +23,10 @@ from cnnpipe.tracking import mlflow_run
 from cnnpipe.training import TrainPaths, train
 
 
-def timed_tracking() -> dict[str, float]:
-    """Patches TrackedRun._try to add up the seconds of every tracking call, by kind."""
+def timed_tracking() -> tuple[dict[str, float], dict[str, float]]:
+    """Patches TrackedRun._try to add up the seconds of every tracking call: by kind, and each end-of-run call."""
     spent: dict[str, float] = defaultdict(float)
+    end_calls: dict[str, float] = defaultdict(float)
     original = mlflow_run.TrackedRun._try
 
     def timed(self, what, call):
@@ -33,11 +34,14 @@ def timed_tracking() -> dict[str, float]:
         try:
             return original(self, what, call)
         finally:
-            kind = "per epoch" if what.startswith(("metrics of step", "params")) else "end of run"
-            spent[kind] += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            per_epoch = what.startswith(("metrics of step", "params"))
+            spent["per epoch" if per_epoch else "end of run"] += seconds
+            if not per_epoch:
+                end_calls[what] += seconds
 
     mlflow_run.TrackedRun._try = timed
-    return spent
+    return spent, end_calls
 
 
 def main() -> None:
@@ -57,7 +61,7 @@ def main() -> None:
                 "mlflow": params.mlflow.model_copy(update={"tracking_uri": uri, "experiment": "logging-cost"}),
             }
         )
-        spent = timed_tracking()
+        spent, end_calls = timed_tracking()
         where = TrainPaths(checkpoints=root / "ckpt", trained=root / "train", metrics=root / "metrics")
         started = time.perf_counter()
         metrics = train(short, where)
@@ -70,7 +74,9 @@ def main() -> None:
     print(f"  train stage in all           {total:8.2f} s")
     share = per_epoch_log / (fit / args.epochs)
     print(f"  MLflow calls, per epoch      {per_epoch_log * 1000:8.1f} ms  = {share:.3%} of an epoch")
-    print(f"  MLflow calls, end of run     {spent['end of run']:8.2f} s")
+    print(f"  MLflow calls, end of run     {spent['end of run']:8.2f} s, the slowest:")
+    for what, seconds in sorted(end_calls.items(), key=lambda item: -item[1])[:5]:
+        print(f"    {what:40} {seconds:6.2f} s")
     full_epoch = images_per_epoch / metrics["images_per_sec"]
     full_train = params.train.epochs * full_epoch
     full_log = params.train.epochs * per_epoch_log + spent["end of run"]

@@ -12,17 +12,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnpipe.data.store import load_store
+from cnnpipe.evaluation import load_model, predict
 from tests.conftest import BIN, dvc_repo, run_cnnpipe, sh, small_run_params, write_params
 from tests.mlflow_server import free_port
 
 pytestmark = pytest.mark.e2e
 # Same data, same global batch (64) and the same number of images per epoch in both runs.
 COMPARED = {"epochs": 2, "limit_train_batches": 20, "limit_val_batches": 1.0}
-# Validation accuracy over all 1,800 images; the runs differ in batch-norm batches and data order.
+# Validation accuracy over all 1,803 images; the runs differ in batch-norm batches and data order.
 TOLERANCE = 0.03
+ODD_VALIDATION = 0.1001  # 601 of each class's 6,000 images: 1,803 in all, so the two ranks' shards differ in size
 
 
 def one_run(root: Path):
@@ -34,6 +38,7 @@ def one_run(root: Path):
 def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_path, raw_params):
     ddp_root, single_root = tmp_path / "ddp", tmp_path / "single"
     ddp_root.mkdir(), single_root.mkdir()
+    raw_params["data"]["val_fraction"] = ODD_VALIDATION
     ddp = small_run_params(raw_params, ddp_root, devices=2, strategy="ddp", batch_size=32, **COMPARED)
     dvc_repo(ddp_root, ddp)
     sh("dvc", "repro", cwd=ddp_root)
@@ -56,6 +61,13 @@ def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_p
     ddp_accuracy = json.loads((ddp_root / "metrics/train.json").read_text())["val_acc"]
     single_accuracy = json.loads((single_root / "metrics/train.json").read_text())["val_acc"]
     assert abs(ddp_accuracy - single_accuracy) <= TOLERANCE, (ddp_accuracy, single_accuracy)
+
+    _, splits = load_store(ddp_root / "data/pulled")
+    val = splits["val"]
+    assert len(val.labels) == 1803
+    recounted = predict(load_model(ddp_root / "data/train/model.ckpt"), val.images, val.labels, batch_size=256)
+    exact = float(np.mean(recounted.predicted == recounted.labels))
+    assert abs(ddp_accuracy - exact) < 0.5 / 1803, (ddp_accuracy, exact)  # every image counted once, none twice
 
 
 def test_two_nodes_simulated_with_the_torchrun_launcher_on_localhost(tmp_path, raw_params):

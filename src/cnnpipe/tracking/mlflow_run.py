@@ -175,10 +175,12 @@ class TrackedRun:
         path = Path(path)
         name = f"{folder}/{path.name}" if folder else path.name
         self._try(f"artifact {name}", lambda: self.client.log_artifact(self.run_id, str(path), folder))
-        if path.suffix == ".png":
-            with Image.open(path) as image:
-                figure = image.convert("RGB")
-            self._try(f"image {path.stem}", lambda: self.client.log_image(self.run_id, figure, key=path.stem, step=0))
+        if path.suffix == ".png":  # decoded inside _try too: an unreadable figure is recorded, not raised
+            self._try(f"image {path.stem}", lambda: self._log_keyed_image(path))
+
+    def _log_keyed_image(self, path: Path) -> None:
+        with Image.open(path) as image:
+            self.client.log_image(self.run_id, image.convert("RGB"), key=path.stem, step=0)
 
     def log_text(self, text: str, name: str) -> None:
         self._try(f"artifact {name}", lambda: self.client.log_text(self.run_id, text, name))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,4 +61,43 @@ def add_tar_member(archive: Path, name: str, data: bytes = b"x", symlink_to: str
         else:
             info.size = len(data)
             bundle.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def bomb_png(path: Path, width: int, height: int) -> Path:
+    """A real black bilevel PNG of `width` x `height`: a few kB on disk that decode to width x height pixels."""
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def zip_bomb(path: Path, megabytes: int = 1100) -> Path:
+    """A zip of about 1 MiB whose one image member extracts to `megabytes` MiB of zeros."""
+    zeros = bytes(1 << 20)
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bundle,
+        bundle.open("pets/cat/0.png", "w", force_zip64=True) as member,
+    ):
+        for _ in range(megabytes):
+            member.write(zeros)
+    return path
+
+
+def patch_zip_member(archive: Path, flag_bits: int = 0, method: int | None = None) -> Path:
+    """Sets bits in the first member's flags (1: encrypted) or its compression method (9: deflate64), in both its
+    local and its central header: zipfile cannot write such members itself."""
+    data = bytearray(archive.read_bytes())
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    data[local + 6] |= flag_bits
+    data[central + 8] |= flag_bits
+    if method is not None:
+        data[local + 8 : local + 10] = data[central + 10 : central + 12] = struct.pack("<H", method)
+    archive.write_bytes(bytes(data))
     return archive

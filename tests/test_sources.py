@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from torchvision import datasets
 
-from cnnpipe.config import DataConfig
+from cnnpipe.config import DataConfig, LimitsConfig
 from cnnpipe.data import sources
 from cnnpipe.data.archive import extract
 from cnnpipe.data.store import Split
@@ -98,6 +98,16 @@ def test_imagefolder_mixed_formats_and_sizes_resized_rgb_and_greyscale(tmp_path,
     grey = sources.load(DataConfig(source="imagefolder", path=str(folder), channels=1, image_size=(6, 5)), seed=0)
     assert grey.train.images.shape[1:] == (6, 5, 1)
     assert grey.train.images[grey.train.labels == 1].mean() > grey.train.images[grey.train.labels == 0].mean() + 60
+
+
+def test_imagefolder_skips_hidden_files_such_as_macos_resource_forks(tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "pets", per_class=3)
+    (folder / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # what macOS's tar adds
+    (folder / "dog" / ".ipynb_checkpoints").mkdir()
+    (folder / "dog" / ".ipynb_checkpoints" / "0.png").write_bytes(b"not an image either")
+    data = sources.load(DataConfig(source="imagefolder", path=str(folder)), seed=0)
+    assert len(data.train) + len(data.test) == 6
+    assert "skipped 1 non-image file(s) in" in capsys.readouterr().out
 
 
 def test_imagefolder_defaults_to_one_channel_only_when_all_images_are_greyscale(tmp_path):
@@ -194,17 +204,17 @@ def test_archive_from_a_url(tmp_path):
 def test_archive_members_leaving_the_target_are_refused(tmp_path, member):
     tar = add_tar_member(tmp_path / "evil.tar.gz", member)
     with pytest.raises(CnnpipeError, match=f"member '{member}' would be extracted outside the target folder"):
-        extract(tar, tmp_path / "out")
+        extract(tar, tmp_path / "out", LimitsConfig())
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as bundle:
         bundle.writestr(member, "x")
     with pytest.raises(CnnpipeError, match=f"member '{member}' would be extracted outside the target folder"):
-        extract(tmp_path / "evil.zip", tmp_path / "out")
+        extract(tmp_path / "evil.zip", tmp_path / "out", LimitsConfig())
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("target", ["../../../secret", "/etc/passwd"])
 def test_archive_symlinks_pointing_outside_are_refused(tmp_path, target):
     tar = add_tar_member(tmp_path / "links.tar.gz", "pets/cat/link.png", symlink_to=target)
-    with pytest.raises(CnnpipeError, match=r"data.path: archive member 'pets/cat/link.png' refused"):
-        extract(tar, tmp_path / "out")
+    with pytest.raises(CnnpipeError, match=r"data.path: .*links.tar.gz: archive member 'pets/cat/link.png' refused"):
+        extract(tar, tmp_path / "out", LimitsConfig())
     assert not (tmp_path / "out").exists()

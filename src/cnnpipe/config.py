@@ -5,8 +5,10 @@ Nothing else in cnnpipe reads the raw YAML. A bad value stops with one line nami
 
 from __future__ import annotations
 
+import codecs
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -26,11 +28,21 @@ from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.spec import LAYER_LIST_PRESETS, LAYER_TYPES, PRESETS, TORCHVISION_PREFIX, LayerSpec
 
 DEFAULT_PARAMS = Path("params.yaml")
+Fraction = Annotated[float, Field(gt=0, le=1)]  # of the batches, as Lightning's limit_*_batches take it
 SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitsConfig(_Section):
+    """Bounds on what `pull` reads, checked from headers before anything is decoded or extracted: a small file
+    that expands to gigabytes (a decompression bomb) is refused by name instead of filling memory or disk."""
+
+    max_image_pixels: PositiveInt = Field(100_000_000, description="width x height of one image")
+    max_archive_bytes: PositiveInt = Field(1 << 30, description="bytes all members of an archive extract to")
+    max_archive_files: PositiveInt = Field(100_000, description="members (files and folders) of an archive")
 
 
 class DataConfig(_Section):
@@ -50,6 +62,7 @@ class DataConfig(_Section):
     channels: Literal[1, 3] | None = Field(None, description="1 = greyscale, 3 = RGB; default: the source's own")
     classes: list[str] = Field(default_factory=list, description="keep only these classes; empty keeps all")
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataConfig:
@@ -141,7 +154,7 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: PositiveInt | list[NonNegativeInt] | Literal["auto"] = "auto"
+    devices: PositiveInt | Annotated[list[NonNegativeInt], Field(min_length=1)] | Literal["auto"] = "auto"
     num_nodes: PositiveInt = 1
     # ddp_spawn is left out: it pickles the trainer into new processes and hands back only the weights.
     strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = "auto"
@@ -151,8 +164,8 @@ class TrainConfig(_Section):
     deterministic: bool = False
     monitor: Literal["val/acc", "val/loss"] = "val/acc"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    limit_train_batches: PositiveInt | float = Field(1.0, gt=0)
-    limit_val_batches: PositiveInt | float = Field(1.0, gt=0)
+    limit_train_batches: PositiveInt | Fraction = Field(1.0, description="a count of batches, or a fraction")
+    limit_val_batches: PositiveInt | Fraction = 1.0
     threads: PositiveInt | None = Field(None, description="torch CPU threads; default: torch's choice")
 
     @model_validator(mode="after")
@@ -204,10 +217,41 @@ def _key(loc: tuple[Any, ...]) -> str:
     return key
 
 
+def _layer_classes() -> dict[str, type[BaseModel]]:
+    """Layer type name -> its spec class, read off the LayerSpec union so a new layer type needs no entry here."""
+    union = get_args(LayerSpec)[0]
+    return {name: spec for spec in get_args(union) for name in get_args(spec.model_fields["type"].annotation)}
+
+
+def _holder(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The section or layer class the last key of `loc` was written in: ('model', 'layers', 2, 'conv', 'x') -> Conv."""
+    holder: Any = Params
+    layers = _layer_classes()
+    for previous, part in zip((None, *loc), loc[:-1], strict=False):
+        if isinstance(previous, int) and part in layers:
+            holder = layers[part]
+        elif isinstance(part, str):
+            holder = holder.model_fields[part].annotation
+    return holder
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """The valid keys of the section or layer, and the closest one: a typo is the usual cause."""
+    holder = _holder(loc)
+    valid = [field.alias or name for name, field in holder.model_fields.items()]
+    guess = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+    hint = f"did you mean {guess[0]!r}? " if guess else ""
+    if holder in _layer_classes().values():
+        where = f"of a {loc[-2]} layer"
+    else:
+        where = f"of {_key(loc[:-1])}" if len(loc) > 1 else "at the top level"
+    return f"unknown key; {hint}valid keys {where}: {', '.join(valid)}"
+
+
 def _explain(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return "unknown key; check its spelling against the README's params reference"
+        return _unknown_key(error["loc"])
     if error["type"] == "union_tag_invalid":
         return f"unknown layer type {error['input'].get('type')!r}; valid: {', '.join(LAYER_TYPES)}"
     if error["type"] == "union_tag_not_found":
@@ -221,7 +265,8 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
+        # An unknown key first: a misspelt `modle:` also makes `model` missing, and the typo is the cause.
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
         key = _key(errors[0]["loc"])
         # A union (e.g. train.devices) fails once per branch: say what each branch wanted, on the one line.
         same_key = [error for error in errors if _key(error["loc"]) == key]
@@ -234,11 +279,34 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise CnnpipeError(f"{source}: {key or '(top level)'}: {explanation}{suffix}") from None
 
 
-def read_params_file(path: Path) -> dict[str, Any]:
+def _read_bytes(path: Path) -> bytes:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return path.read_bytes()
     except FileNotFoundError:
         raise CnnpipeError(f"{path}: file not found; run cnnpipe from the repository root") from None
+    except IsADirectoryError:
+        raise CnnpipeError(f"{path}: is a directory; --params takes a YAML file such as params.yaml") from None
+    except OSError as exc:
+        raise CnnpipeError(f"{path}: cannot read it ({exc.strerror}); --params takes a readable YAML file") from None
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 only: DVC reads params as UTF-8 too (`dvc exp run -S` rewrites them), so no other encoding works."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        reason = "it is UTF-16"
+    elif b"\0" in data:  # UTF-16 without a byte-order mark, or a binary file: NUL bytes are valid UTF-8
+        reason = "it holds NUL bytes: a binary file, or UTF-16"
+    else:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"byte {exc.start} is 0x{data[exc.start]:02x}"
+    raise CnnpipeError(f"{path}: not UTF-8 text ({reason}); save the params file as UTF-8 YAML")
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(_decode(path, _read_bytes(path)))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

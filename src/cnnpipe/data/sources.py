@@ -8,26 +8,28 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from rich.console import Console
 from rich.progress import track
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from cnnpipe.config import DataConfig
-from cnnpipe.data.archive import extract, fetch_archive
+from cnnpipe.data.archive import unpack
+from cnnpipe.data.decode import GREYSCALE_MODES, decode, read_mode
 from cnnpipe.data.store import Split
 from cnnpipe.errors import CnnpipeError
 
 console = Console(soft_wrap=True)  # notes stay one line each in DVC's logs, however long the path
 IMAGEFOLDER_TEST_FRACTION = 0.2  # an imagefolder without train/ and test/ subfolders gives 20% to test
-GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
 # Debian's dataset-fashion-mnist package recompresses torchvision's files: the .gz MD5s differ, the
 # decompressed contents are the same. These are the SHA-256 sums of the decompressed files.
 CONTENT_SHA256 = {
@@ -145,14 +147,34 @@ def convert(images: np.ndarray, channels: int | None, size: tuple[int, int] | No
 # ---- image folders --------------------------------------------------------------------------------------
 
 
+def _entries(folder: Path, recursive: bool = False) -> list[Path]:
+    """The entries of `folder` (at every depth when `recursive`), sorted. A broken symbolic link is refused: it
+    would drop a class folder or an image without a word."""
+    try:
+        entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    except OSError as exc:
+        raise CnnpipeError(f"data.path: cannot list {exc.filename or folder}: {exc.strerror or exc}") from None
+    if broken := next((entry for entry in entries if entry.is_symlink() and not entry.exists()), None):
+        raise CnnpipeError(
+            f"data.path: {broken} is a broken symbolic link (to {os.readlink(broken)}); fix it or remove it"
+        )
+    return entries
+
+
+def _is_image(path: Path, class_dir: Path, extensions: set[str]) -> bool:
+    """By suffix; hidden files and folders (macOS's ._NAME.png resource forks, .ipynb_checkpoints) are not data."""
+    hidden = any(part.startswith(".") for part in path.relative_to(class_dir).parts)
+    return path.suffix.lower() in extensions and not hidden
+
+
 def _image_files(folder: Path) -> dict[str, list[Path]]:
     """Class name (sorted subfolder names) -> its image files; other files are skipped with a note."""
     extensions = set(Image.registered_extensions())
-    class_dirs = sorted(entry for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    class_dirs = [entry for entry in _entries(folder) if entry.is_dir() and not entry.name.startswith(".")]
     files = {}
     for class_dir in class_dirs:
-        every = sorted(path for path in class_dir.rglob("*") if path.is_file())
-        files[class_dir.name] = [path for path in every if path.suffix.lower() in extensions]
+        every = [path for path in _entries(class_dir, recursive=True) if path.is_file()]
+        files[class_dir.name] = [path for path in every if _is_image(path, class_dir, extensions)]
         if skipped := len(every) - len(files[class_dir.name]):
             console.print(f"[yellow]note:[/] skipped {skipped} non-image file(s) in {class_dir}")
     if not any(files.values()):
@@ -162,41 +184,17 @@ def _image_files(folder: Path) -> dict[str, list[Path]]:
     return files
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CnnpipeError(f"data.path: cannot read image {path}: {exc}") from None
-    return ImageOps.exif_transpose(image)  # photos stored sideways with an EXIF rotation come out upright
-
-
-def _mode(path: Path) -> str:
-    """The image's mode from its header alone (no pixels decoded)."""
-    try:
-        with Image.open(path) as image:
-            return image.mode
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CnnpipeError(f"data.path: cannot read image {path}: {exc}") from None
-
-
-def _read_images(
-    files: dict[str, list[Path]], classes: list[str], size: tuple[int, int] | None, mode: str, what: str
-) -> Split:
+def _read_images(files: dict[str, list[Path]], classes: list[str], channels: int, cfg: DataConfig, what: str) -> Split:
     paths = [(path, classes.index(name)) for name, images in files.items() for path in images]
     images = []
     for path, _ in track(paths, description=f"Reading {what}", console=console):
-        image = _open(path).convert(mode)
-        if size is not None:
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        elif images and image.size != images[0].shape[1::-1]:
-            height, width = images[0].shape[:2]
+        image = decode(path, channels, cfg.image_size, cfg.limits.max_image_pixels, "data.path")
+        if images and image.shape != images[0].shape:
             raise CnnpipeError(
-                f"data.image_size: images differ in size ({path} is {image.size[1]}x{image.size[0]}, others "
-                f"{height}x{width}, H x W); set data.image_size: [H, W] to resize them"
+                f"data.image_size: images differ in size ({path} is {image.shape[0]}x{image.shape[1]}, others "
+                f"{images[0].shape[0]}x{images[0].shape[1]}, H x W); set data.image_size: [H, W] to resize them"
             )
-        array = np.asarray(image, dtype=np.uint8)
-        images.append(array[..., None] if array.ndim == 2 else array)
+        images.append(image)
     return Split(np.stack(images), np.array([label for _, label in paths], dtype=np.int64))
 
 
@@ -212,11 +210,10 @@ def load_imagefolder(folder: Path, cfg: DataConfig, seed: int) -> Images:
     if has_splits and (unknown := sorted(set(files["test"]) - set(classes))):
         raise CnnpipeError(f"data.path: {folder}/test has class folder(s) {unknown} that {folder}/train lacks")
     every = [path for part in files.values() for images in part.values() for path in images]
-    channels = cfg.channels or (1 if all(_mode(path) in GREYSCALE_MODES for path in every) else 3)
-    mode = "L" if channels == 1 else "RGB"
-    splits = {
-        name: _read_images(part, classes, cfg.image_size, mode, f"{parts[name].name}/") for name, part in files.items()
-    }
+    # Every header first (mode, size): a bad file is refused before minutes of decoding, not after.
+    modes = [read_mode(path, cfg.limits.max_image_pixels, "data.path") for path in every]
+    channels = cfg.channels or (1 if all(mode in GREYSCALE_MODES for mode in modes) else 3)
+    splits = {name: _read_images(part, classes, channels, cfg, f"{parts[name].name}/") for name, part in files.items()}
     if not has_splits:
         train, test = stratified_split(splits["images"], IMAGEFOLDER_TEST_FRACTION, seed)
         return Images(train, test, classes)
@@ -230,9 +227,7 @@ def load_imagefolder(folder: Path, cfg: DataConfig, seed: int) -> Images:
 
 
 def load_archive(cfg: DataConfig, seed: int) -> Images:
-    archive = fetch_archive(cfg.path, cfg.cache_dir)
-    key = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:16]
-    return load_imagefolder(extract(archive, cfg.cache_dir / "extracted" / key), cfg, seed)
+    return load_imagefolder(unpack(cfg.path, cfg.cache_dir, cfg.limits), cfg, seed)
 
 
 # ---- common to all sources ------------------------------------------------------------------------------
@@ -268,8 +263,21 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
     return Split(split.images[~mask], split.labels[~mask]), Split(split.images[mask], split.labels[mask])
 
 
+def _check_cache_dir(cache_dir: Path) -> None:
+    """Downloads and extractions go to data.cache_dir: one that is no writable folder is refused up front."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache_dir).close()
+    except OSError as exc:
+        raise CnnpipeError(
+            f"data.cache_dir: {cache_dir} is not a writable folder ({exc.strerror or exc}); set data.cache_dir to one"
+        ) from None
+
+
 def load(cfg: DataConfig, seed: int) -> Images:
     """The configured source as train/test images with classes, channels and size as configured."""
+    if cfg.source != "imagefolder":  # the others download or extract into it
+        _check_cache_dir(cfg.cache_dir)
     if cfg.source == "imagefolder":
         data = load_imagefolder(Path(cfg.path).expanduser(), cfg, seed)
     elif cfg.source == "archive":

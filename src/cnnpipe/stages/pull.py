@@ -2,18 +2,51 @@
 
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from cnnpipe import paths
-from cnnpipe.config import Params
+from cnnpipe.config import DataConfig, Params
 from cnnpipe.data import sources
 from cnnpipe.data.store import Manifest, Split, save_store
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.outputs import recover
+
+
+def _refuse_unusable(splits: dict[str, Split], classes: list[str], cfg: DataConfig) -> None:
+    """Data that training cannot use is refused here, before the store is replaced, so the old store stays."""
+    key = "data.classes" if cfg.classes else "data.path"
+    if len(classes) < 2:
+        fix = "list at least 2 in data.classes" if cfg.classes else f"add class folders to {cfg.path}"
+        raise CnnpipeError(f"{key}: {len(classes)} class ({', '.join(classes)}); a classifier needs 2 or more: {fix}")
+    before = np.bincount(np.concatenate([splits["train"].labels, splits["val"].labels]), minlength=len(classes))
+    left = np.bincount(splits["train"].labels, minlength=len(classes))
+    if (left == 0).any():
+        name = classes[int(np.argmin(left))]
+        raise CnnpipeError(
+            f"data.val_fraction: {cfg.val_fraction} moves all {before[classes.index(name)]} training images of "
+            f"class {name!r} to the validation split; lower data.val_fraction or add images of {name!r}"
+        )
+    counts = ", ".join(f"{name}: {count}" for name, count in zip(classes, before, strict=True))
+    if not len(splits["val"]):
+        raise CnnpipeError(
+            f"{key}: the validation split would be empty: data.val_fraction takes images only from a class with "
+            f"2 or more training images, and these have {counts}; add images: 2 training images per class at "
+            "least (3 per class in a folder without train/ and test/ subfolders)"
+        )
+    if not len(splits["test"]):
+        raise CnnpipeError(
+            f"{key}: the test split would be empty: no image of {', '.join(classes)} is set aside for testing; "
+            "add images to the test/ subfolder of data.path, or choose classes that have some"
+        )
 
 
 def run(params: Params, out: Path = paths.PULLED) -> Manifest:
+    recover(out)  # what a killed earlier run left: its staging folders go, a store it had moved aside comes back
     data = sources.load(params.data, params.seed)
     train, val = sources.stratified_split(data.train, params.data.val_fraction, params.seed)
     splits: dict[str, Split] = {"train": train, "val": val, "test": data.test}
+    _refuse_unusable(splits, data.classes, params.data)
     manifest = save_store(out, splits, data.classes, params.data.source, params.seed, params.data.val_fraction)
     console = Console(soft_wrap=True)  # the class list stays on one line
     for name, count in manifest.counts.items():

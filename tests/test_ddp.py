@@ -113,7 +113,7 @@ def test_a_crashed_rank_ends_the_whole_job_within_60_seconds(workdir, raw_params
         start_new_session=True,
     )
     try:
-        history = workdir / "metrics/train_history.csv"
+        history = workdir / "data/checkpoints/train_history.csv"  # written live, every epoch
         deadline = time.monotonic() + 180
         while not history.exists():  # rank 0 wrote epoch 0: both ranks are deep in training
             assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()[-3000:]

@@ -94,7 +94,7 @@ def test_server_gone_during_training_keeps_checkpoints_and_the_run_learns_what_i
         stderr=subprocess.PIPE,
         text=True,
     )
-    history = repo / "metrics/train_history.csv"
+    history = repo / "data/checkpoints/train_history.csv"  # written live, every epoch
     deadline = time.monotonic() + 120
     while not (history.exists() and len(history.read_text().splitlines()) >= 2):  # header + epoch 0
         assert training.poll() is None and time.monotonic() < deadline, "training ended before its first epoch"

@@ -42,7 +42,7 @@ def test_a_corrupted_or_missing_file_is_named(tmp_path):
     labels = np.load(tmp_path / "store/val_labels.npy")
     np.save(tmp_path / "store/val_labels.npy", labels[::-1])
     load_store(tmp_path / "store")  # without verify the files are only opened
-    with pytest.raises(CnnpipeError, match=r"val_labels.npy: checksum differs from manifest.json"):
+    with pytest.raises(CnnpipeError, match=r"val_labels.npy: corrupt, its SHA-256 differs from the one manifest.json"):
         load_store(tmp_path / "store", verify=True)
     (tmp_path / "store/test_images.npy").unlink()
     with pytest.raises(CnnpipeError, match=r"test_images.npy: missing from the image store"):

@@ -18,7 +18,8 @@ from cnnpipe.data.datamodule import to_model_input
 from cnnpipe.data.store import load_store
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.module import CnnClassifier
-from cnnpipe.tracking.mlflow_run import open_run
+from cnnpipe.outputs import replaced_files, write_atomically
+from cnnpipe.tracking.mlflow_run import TrackedRun, open_run
 
 console = Console()
 LOCK_FILE = Path("dvc.lock")
@@ -43,8 +44,29 @@ class Predictions:
 def load_model(checkpoint: Path) -> CnnClassifier:
     if not checkpoint.exists():
         raise CnnpipeError(f"{checkpoint}: no trained model; run `dvc repro train` first")
-    module = CnnClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    try:
+        module = CnnClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or hand-edited: pickle, zip, key, type errors
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise CnnpipeError(f"{checkpoint}: not a readable cnnpipe model ({reason}); rerun `dvc repro train`") from None
     return module.eval()
+
+
+def read_run_file(path: Path) -> dict:
+    """train's record of its MLflow run: {"run_id", "tracking_uri", "unlogged"}."""
+    if not path.exists():
+        raise CnnpipeError(f"{path}: missing; rerun `dvc repro train` so evaluate knows the MLflow run")
+    try:
+        run = json.loads(path.read_text())
+        valid = isinstance(run["run_id"], str) and isinstance(run["tracking_uri"], str)
+        valid = valid and isinstance(run.get("unlogged", []), list)
+    except (ValueError, TypeError, KeyError):
+        valid = False
+    if not valid:
+        raise CnnpipeError(
+            f"{path}: not a cnnpipe run file (JSON with run_id, tracking_uri, unlogged); rerun `dvc repro train`"
+        )
+    return run
 
 
 @torch.inference_mode()
@@ -70,14 +92,21 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np
 
 
 def evaluate(params: Params, where: EvaluatePaths = EvaluatePaths()) -> dict:
-    """Writes metrics/test.json and the plots, and logs them into the training's MLflow run."""
+    """Writes metrics/test.json and the plots, and logs them into the training's MLflow run.
+
+    The model, the store and the run are all checked before anything is computed; the outputs are
+    written only once all of them are ready, so a failed evaluation leaves the previous ones in place.
+    """
     module = load_model(where.trained / "model.ckpt")
-    manifest, splits = load_store(where.pulled)
+    manifest, splits = load_store(where.pulled, verify=True)
     if manifest.classes != module.classes:
         raise CnnpipeError(
             f"{where.trained / 'model.ckpt'}: trained on classes {module.classes}, but {where.pulled} holds "
             f"{manifest.classes}; rerun `dvc repro` so train and evaluate see the same data"
         )
+    run_file = where.trained / "run.json"
+    run_info = read_run_file(run_file)
+    run = open_run(run_info["tracking_uri"], run_info["run_id"], run_file)
     test = splits["test"]
     result = predict(module, test.images, test.labels, params.evaluate.batch_size)
     matrix = confusion(result.labels, result.predicted, manifest.num_classes)
@@ -88,10 +117,10 @@ def evaluate(params: Params, where: EvaluatePaths = EvaluatePaths()) -> dict:
         "count": int(matrix.sum()),
         "per_class": {name: float(acc) for name, acc in zip(manifest.classes, per_class, strict=True)},
     }
-    where.metrics.mkdir(parents=True, exist_ok=True)
-    (where.metrics / "test.json").write_text(json.dumps(metrics, indent=2))
-    figures = _write_plots(where.plots, result, matrix, test.images, manifest.classes, params.evaluate.misclassified)
-    _log(where.trained / "run.json", metrics, figures)
+    with replaced_files(where.plots) as staging:
+        figures = _write_plots(staging, result, matrix, test.images, manifest.classes, params.evaluate.misclassified)
+        write_atomically(where.metrics / "test.json", json.dumps(metrics, indent=2))
+    _log(run, run_info, metrics, [where.plots / figure.name for figure in figures])
     console.print(f"Test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} on {metrics['count']} images")
     return metrics
 
@@ -99,7 +128,6 @@ def evaluate(params: Params, where: EvaluatePaths = EvaluatePaths()) -> dict:
 def _write_plots(
     folder: Path, result: Predictions, matrix: np.ndarray, images: np.ndarray, classes: list[str], count: int
 ) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
     with (folder / "predictions.csv").open("w", newline="") as handle:  # dvc plots' confusion template
         writer = csv.writer(handle)
         writer.writerow(["actual", "predicted"])
@@ -120,11 +148,7 @@ def _write_plots(
     ]
 
 
-def _log(run_file: Path, metrics: dict, figures: list[Path]) -> None:
-    if not run_file.exists():
-        raise CnnpipeError(f"{run_file}: missing; rerun `dvc repro train` so evaluate knows the MLflow run")
-    run_info = json.loads(run_file.read_text())
-    run = open_run(run_info["tracking_uri"], run_info["run_id"])
+def _log(run: TrackedRun, run_info: dict, metrics: dict, figures: list[Path]) -> None:
     per_class = {f"test/acc/{name}": value for name, value in metrics["per_class"].items()}
     run.log_metrics({"test/accuracy": metrics["accuracy"], "test/loss": metrics["loss"], **per_class})
     for figure in figures:

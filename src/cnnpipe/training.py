@@ -6,14 +6,19 @@ Rerunning after an interruption resumes from the last checkpoint into the same M
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.model_summary import ModelSummary
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -25,16 +30,30 @@ from cnnpipe.config import Params, TrainConfig
 from cnnpipe.data import augmentation
 from cnnpipe.data.datamodule import ImageDataModule, to_model_input
 from cnnpipe.data.store import load_store
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.module import CnnClassifier
 from cnnpipe.models.network import shape_table
+from cnnpipe.outputs import replaced_atomically, write_atomically
 from cnnpipe.tracking.mlflow_model import log_model
-from cnnpipe.tracking.mlflow_run import TrackedRun, check_reachable, resolve_tracking_uri, start_run
+from cnnpipe.tracking.mlflow_run import TrackedRun, check_reachable, check_store, resolve_tracking_uri, start_run
 
 console = Console()
 ERF_IMAGES = 32  # validation images the effective receptive field is averaged over
 MODEL_EXAMPLES = 2  # validation images stored as the logged model's input example
+HISTORY = "train_history.csv"  # written beside the checkpoints every epoch, to metrics/ when training finished
+# The Trainer arguments Lightning may reject, by the params key that sets them (named in the error).
+TRAINER_KEYS = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "sync_batchnorm",
+    "num_nodes",
+    "precision",
+    "strategy",
+    "devices",
+    "accelerator",
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,30 @@ def build_module(params: Params, datamodule: ImageDataModule) -> CnnClassifier:
     )
 
 
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning announces the hardware and an advert on every new Trainer; `describe` says it in one line.
+    Its warning that 16-mixed becomes bf16-mixed on a CPU is dropped too: build_trainer refuses that case."""
+    log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def describe(trainer: pl.Trainer) -> str:
+    """What Lightning resolved `auto` and the precision to: what actually runs."""
+    accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+    return (
+        f"{accelerator} x {trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
+        f"{type(trainer.strategy).__name__}, precision {trainer.precision}"
+    )
+
+
 def build_trainer(cfg: TrainConfig, checkpoints: Path, root: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
     mode = "max" if cfg.monitor.endswith("acc") else "min"
     callbacks = [
@@ -78,31 +121,47 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, root: Path, callbacks: li
         callbacks.append(
             EarlyStopping(cfg.monitor, cfg.early_stopping.min_delta, cfg.early_stopping.patience, mode=mode)
         )
-    return pl.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=cfg.precision,
-        sync_batchnorm=cfg.sync_batchnorm,
-        deterministic=cfg.deterministic,
-        limit_train_batches=cfg.limit_train_batches,
-        limit_val_batches=cfg.limit_val_batches,
-        callbacks=callbacks,
-        logger=False,  # metrics go to MLflow through EpochHistory, once per epoch
-        default_root_dir=root,  # where Lightning puts a SLURM preemption checkpoint
-        use_distributed_sampler=False,  # the datamodule's EpochSampler shards exactly, without padding
-    )
+    try:
+        with _quiet_lightning():
+            trainer = pl.Trainer(
+                max_epochs=cfg.epochs,
+                accelerator=cfg.accelerator,
+                devices=cfg.devices,
+                num_nodes=cfg.num_nodes,
+                strategy=cfg.strategy,
+                precision=cfg.precision,
+                sync_batchnorm=cfg.sync_batchnorm,
+                deterministic=cfg.deterministic,
+                limit_train_batches=cfg.limit_train_batches,
+                limit_val_batches=cfg.limit_val_batches,
+                callbacks=callbacks,
+                logger=False,  # metrics go to MLflow through EpochHistory, once per epoch
+                default_root_dir=root,  # where Lightning puts a SLURM preemption checkpoint
+                use_distributed_sampler=False,  # the datamodule's EpochSampler shards exactly, without padding
+            )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        message = " ".join(str(exc).split())
+        key = next((key for key in TRAINER_KEYS if key in message), "accelerator")
+        raise CnnpipeError(f"train.{key}: Lightning refuses these settings: {message[:300]}") from None
+    if cfg.precision == "16-mixed" and isinstance(trainer.accelerator, CPUAccelerator):
+        # Lightning would quietly run bf16-mixed instead, while the run's params said 16-mixed
+        raise CnnpipeError("train.precision: 16-mixed (float16 AMP) needs a GPU; on a CPU use bf16-mixed or 32-true")
+    return trainer
 
 
-def _log_model_description(run: TrackedRun, module: CnnClassifier, where: TrainPaths) -> torch.Tensor:
+def preflight(params: Params) -> None:
+    """What train checks before it touches anything, for `cnnpipe check`: Lightning's settings and the store."""
+    build_trainer(params.train, paths.CHECKPOINTS, paths.CHECKPOINTS, [])
+    check_store(params.mlflow)
+
+
+def _log_model_description(run: TrackedRun, module: CnnClassifier, pulled: Path, folder: Path) -> torch.Tensor:
     """Model summary, receptive fields and the effective receptive field over real validation images (returned)."""
-    _, splits = load_store(where.pulled)
+    _, splits = load_store(pulled)
     images = to_model_input(splits["val"].images[:ERF_IMAGES])
-    description = report.describe(module.network, images, where.trained)
-    (where.trained / "model_summary.txt").write_text(f"{ModelSummary(module, max_depth=2)}")
-    for path in (where.trained / "model_summary.txt", *description.files):
+    description = report.describe(module.network, images, folder)
+    (folder / "model_summary.txt").write_text(f"{ModelSummary(module, max_depth=2)}")
+    for path in (folder / "model_summary.txt", *description.files):
         run.log_artifact(path)
     run.log_metrics(description.metrics)
     for key, value in description.tags.items():
@@ -111,14 +170,15 @@ def _log_model_description(run: TrackedRun, module: CnnClassifier, where: TrainP
     return images
 
 
-def _open_run(params: Params, where: TrainPaths, key: str, resumed: resume.ResumeState | None) -> TrackedRun:
-    """Runs on global rank 0 only, inside fit: every rank has decided whether to resume before this."""
-    if resumed is None:
-        resume.clear(where.checkpoints)
+def _open_run(params: Params, where: TrainPaths, resumed: resume.ResumeState | None) -> TrackedRun:
+    """Runs on global rank 0 only, inside fit: every rank has decided whether to resume before this.
+
+    The old checkpoints stay until training really starts (resume.ClaimFolder), so a run that fails to
+    open, or a setting Lightning rejects after this, loses nothing.
+    """
     run = start_run(params.mlflow, run_id=resumed.run_id if resumed else None)
-    resume.ResumeState(key, run.run_id, run.tracking_uri).write(where.checkpoints)
     if resumed:
-        console.print(f"Resuming from {resume.latest_checkpoint(where.checkpoints, key)} into MLflow run {run.run_id}")
+        console.print(f"Resuming from {resumed.checkpoint} into MLflow run {run.run_id}")
         return run
     run.log_params(params)
     for path in (where.params_file, where.augmented / augmentation.PREVIEW_FILE):
@@ -128,8 +188,14 @@ def _open_run(params: Params, where: TrainPaths, key: str, resumed: resume.Resum
 
 
 def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
-    """Fits the model; writes the best checkpoint, run.json and metrics/train.json. Returns those metrics."""
-    if rank_zero_only.rank == 0:  # before anything else; the other ranks never talk to MLflow
+    """Fits the model; writes data/train (best checkpoint, run.json, figures) and metrics/train.json.
+
+    Everything that can be checked is checked before the MLflow run opens and before old state is touched;
+    a run that fails after it opened is ended FAILED (KILLED on Ctrl-C), never left RUNNING.
+    """
+    load_store(where.pulled, verify=True)  # a truncated or altered store file stops here, by name
+    tracking = rank_zero_only.rank == 0  # the other ranks never talk to MLflow
+    if tracking:  # a server that does not answer stops us before any data is loaded
         check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))
     datamodule = ImageDataModule(
         where.pulled,
@@ -145,6 +211,8 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
         console.print(shape_table(module.plan, title=f"Layer shapes, input {list(datamodule.manifest.shape)}"))
     else:
         console.print(f"model.preset {params.model.preset}: {sum(p.numel() for p in module.parameters())} parameters")
+    if tracking:  # the network is possible: now the store and the experiment (a new store is created here)
+        check_store(params.mlflow)
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     # What decides the training data and its order: a checkpoint of other data is not resumed.
@@ -158,32 +226,43 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
         [path.read_text() if path.exists() else None for path in augmented],
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    resumed = resume.resumable(where.checkpoints, key)  # read-only here: rank 0 writes only once all ranks met
-    checkpoint = resume.latest_checkpoint(where.checkpoints, key) if resumed else None
-    history = EpochHistory(where.metrics / "train_history.csv", partial(_open_run, params, where, key, resumed))
+    resumed = resume.resumable(where.checkpoints, key, module)  # read-only: rank 0 writes once all ranks met
+    history = EpochHistory(where.checkpoints / HISTORY, partial(_open_run, params, where, resumed))
+    claim = resume.ClaimFolder(where.checkpoints, key, lambda: history.run, resumed is not None)
     # state.json lives beside the checkpoints on purpose; Lightning's warning about a non-empty folder is noise.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    trainer = build_trainer(params.train, where.checkpoints, resume.preemption_dir(where.checkpoints, key), [history])
+    root = resume.preemption_dir(where.checkpoints, key)
+    trainer = build_trainer(params.train, where.checkpoints, root, [history, claim])
+    console.print(f"Lightning: {describe(trainer)}")
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
-    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into exit code 1 after its own clean-up
-        if history.run is not None:
-            history.run.finish("KILLED")
-        console.print(f"Interrupted: rerun `dvc repro` to resume from {where.checkpoints / resume.LAST}")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)
+    except SystemExit:  # Lightning turns Ctrl-C into exit code 1 after its own clean-up (EpochHistory: KILLED)
+        if trainer.interrupted:
+            console.print(f"Interrupted: rerun `dvc repro` to resume from {where.checkpoints / resume.LAST}")
+            raise KeyboardInterrupt from None
         raise
     if not trainer.is_global_zero:
         return {}
-    return _finish(params, where, key, history.run, module, history)
+    try:
+        return _finish(params, where, key, history.run, module, history, describe(trainer))
+    except BaseException as exc:
+        history.run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def _finish(
-    params, where: TrainPaths, key: str, run: TrackedRun, module: CnnClassifier, history: EpochHistory
+    params: Params,
+    where: TrainPaths,
+    key: str,
+    run: TrackedRun,
+    module: CnnClassifier,
+    history: EpochHistory,
+    trainer: str,
 ) -> dict[str, float]:
-    where.trained.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(where.checkpoints / resume.BEST, where.trained / "model.ckpt")
-    monitored = [row[params.train.monitor] for row in history.rows if params.train.monitor in row]
-    best_epoch = monitored.index(max(monitored) if params.train.monitor.endswith("acc") else min(monitored))
-    best = history.rows[best_epoch]
+    """The stage's outputs, written only now that training succeeded; data/train is replaced whole."""
+    monitor = params.train.monitor
+    scored = [row for row in history.rows if monitor in row]
+    best = (max if monitor.endswith("acc") else min)(scored, key=lambda row: row[monitor])
     metrics = {
         "val_acc": best["val/acc"],
         "val_loss": best["val/loss"],
@@ -193,19 +272,22 @@ def _finish(
         "images_per_sec": sum(row["images_per_sec"] for row in history.rows) / len(history.rows),
         "parameters": sum(p.numel() for p in module.parameters()),
     }
-    where.metrics.mkdir(parents=True, exist_ok=True)
-    (where.metrics / "train.json").write_text(json.dumps(metrics, indent=2))
-    for name in (resume.BEST, resume.LAST):
-        run.log_artifact(where.checkpoints / name, "checkpoints")
-    run.log_artifact(plots.training_curves(history.rows, where.trained / "training_curves.png"))
-    examples = _log_model_description(run, module, where)
-    log_model(run, module, examples[:MODEL_EXAMPLES].numpy(), params.mlflow.registered_model)
-    run.log_metrics({f"best_{k}": v for k, v in metrics.items() if k in ("val_acc", "val_loss")})
+    run.set_tag("cnnpipe.trainer", trainer)  # what ran: Lightning resolves `auto` by the hardware
+    with replaced_atomically(where.trained) as staging:
+        shutil.copyfile(where.checkpoints / resume.BEST, staging / "model.ckpt")
+        for name in (resume.BEST, resume.LAST):
+            run.log_artifact(where.checkpoints / name, "checkpoints")
+        run.log_artifact(plots.training_curves(history.rows, staging / "training_curves.png"))
+        examples = _log_model_description(run, module, where.pulled, staging)
+        log_model(run, module, examples[:MODEL_EXAMPLES].numpy(), params.mlflow.registered_model)
+        run.log_metrics({f"best_{k}": v for k, v in metrics.items() if k in ("val_acc", "val_loss")})
+        # evaluate logs into the same run, and tells it what this stage could not log (a server gone away)
+        run_file = {"run_id": run.run_id, "tracking_uri": run.tracking_uri, "unlogged": run.unlogged}
+        (staging / "run.json").write_text(json.dumps(run_file, indent=2))
+    write_atomically(where.metrics / "train.json", json.dumps(metrics, indent=2))
+    write_atomically(where.metrics / HISTORY, (where.checkpoints / HISTORY).read_text())
     resume.ResumeState(key, run.run_id, run.tracking_uri, completed=True).write(where.checkpoints)
     run.finish()
-    # evaluate logs into the same run, and tells it what this stage could not log (a server gone away)
-    run_file = {"run_id": run.run_id, "tracking_uri": run.tracking_uri, "unlogged": run.unlogged}
-    (where.trained / "run.json").write_text(json.dumps(run_file, indent=2))
     console.print(
         f"Best epoch {best['epoch']}: val/acc {best['val/acc']:.4f}, val/loss {best['val/loss']:.4f}; "
         f"MLflow run {run.run_id}"

@@ -7,6 +7,7 @@ epoch and batch draws anew, and neither the number of DataLoader workers nor of 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import json
@@ -78,6 +79,27 @@ def build_pipeline(cfg: AugmentConfig) -> A.Compose:
     return A.Compose(transforms)
 
 
+def check_output(pipeline: A.Compose, image: np.ndarray) -> None:
+    """Applies every transform once to `image`, in order and for sure (p = 1), and refuses by name one whose
+    output is not a uint8 image. The store holds uint8 pixels and the model normalises its input itself (from
+    the pulled data's mean and std), so a float output (Normalize, ToFloat) would be wrapped into 0..255."""
+    for index, transform in enumerate(pipeline.transforms):
+        where = f"augment.transforms[{index}] ({type(transform).__name__})"
+        certain = copy.deepcopy(transform)
+        certain.p = 1.0
+        try:
+            image = certain(image=image)["image"]
+        except Exception as exc:  # albumentations and OpenCV raise many kinds
+            message = " ".join(str(exc).split())[:200]
+            raise CnnpipeError(f"{where}: fails on a {list(image.shape)} uint8 image (H, W, C): {message}") from None
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8):
+            kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+            raise CnnpipeError(
+                f"{where}: outputs {kind} images, not uint8 (0..255); leave out Normalize, ToFloat and ToTensorV2: "
+                "cnnpipe normalises inside the model"
+            )
+
+
 def save_pipeline(pipeline: A.Compose, path: Path) -> None:
     A.save(pipeline, str(path), data_format="json")
 
@@ -131,6 +153,8 @@ def augment_images(pipeline: A.Compose, images: np.ndarray, seed_key: Sequence[i
         augmented = pipeline(image=image)["image"]
         if augmented.ndim == 2:  # some OpenCV operations drop the channel axis of a greyscale image
             augmented = augmented[..., np.newaxis]
+        if augmented.dtype != np.uint8:  # a backstop for check_output: a nested transform it did not draw
+            raise CnnpipeError(f"augment.transforms: the pipeline outputs {augmented.dtype} images, not uint8 (0..255)")
         if augmented.shape != image.shape:
             raise CnnpipeError(
                 f"augment.transforms: the pipeline turns a {list(image.shape)} image (H, W, C) into "

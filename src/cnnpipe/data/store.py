@@ -118,8 +118,21 @@ def _missing(path: Path) -> CnnpipeError:
     return CnnpipeError(f"{path}: missing from the image store; rerun `dvc repro pull`")
 
 
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except (ValueError, OSError) as exc:  # a truncated file or a foreign header
+        raise CnnpipeError(f"{path}: not a readable array ({exc}); rerun `dvc repro pull`") from None
+
+
 def load_store(directory: Path, verify: bool = False) -> tuple[Manifest, dict[str, Split]]:
-    """Memory-maps the arrays: DataLoader workers share the pages instead of copying the data set."""
+    """Memory-maps the arrays: DataLoader workers share the pages instead of copying the data set.
+
+    With `verify`, every file's SHA-256 is compared with the manifest first (about 1 GB/s, 55 ms for
+    Fashion-MNIST): a stage never trains on, or evaluates with, a store that was altered after `pull`.
+    """
     directory = Path(directory)
     manifest = load_manifest(directory)
     if verify:
@@ -127,15 +140,12 @@ def load_store(directory: Path, verify: bool = False) -> tuple[Manifest, dict[st
             if not (directory / name).is_file():
                 raise _missing(directory / name)
             if sha256(directory / name) != expected:
-                raise CnnpipeError(f"{directory / name}: checksum differs from {MANIFEST}; rerun `dvc repro pull`")
-    try:
-        splits = {
-            name: Split(
-                np.load(directory / f"{name}_images.npy", mmap_mode="r"),
-                np.load(directory / f"{name}_labels.npy", mmap_mode="r"),
-            )
-            for name in manifest.counts
-        }
-    except FileNotFoundError as exc:
-        raise _missing(Path(exc.filename)) from None
+                raise CnnpipeError(
+                    f"{directory / name}: corrupt, its SHA-256 differs from the one {MANIFEST} recorded at pull; "
+                    "rerun `dvc checkout pull` or `dvc repro pull`"
+                )
+    splits = {
+        name: Split(_load_array(directory / f"{name}_images.npy"), _load_array(directory / f"{name}_labels.npy"))
+        for name in manifest.counts
+    }
     return manifest, splits

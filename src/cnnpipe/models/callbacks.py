@@ -31,6 +31,11 @@ class EpochHistory(pl.Callback):
         if trainer.is_global_zero and self.open_run is not None and self.run is None:
             self.run = self.open_run()
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A run that fails or is interrupted is ended as such in MLflow, never left RUNNING."""
+        if self.run is not None:
+            self.run.finish("KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED")
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = self._last_batch = time.perf_counter()
         self._images = 0

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchmetrics import Accuracy, MeanMetric
 
 from cnnpipe.config import ModelConfig, TrainConfig
-from cnnpipe.models.network import build_model_network, fix_first_conv
+from cnnpipe.models.network import build_model_network
 from cnnpipe.models.spec import PlannedLayer
 
 
@@ -58,8 +58,6 @@ class CnnClassifier(pl.LightningModule):
         self.classes = list(classes)
         self.plan: list[PlannedLayer] | None
         self.plan, self.network = build_model_network(self.model_config, tuple(input_shape), len(classes), mean, std)
-        if self.model_config.fixed_first_layer:
-            fix_first_conv(self.network, self.model_config.fixed_first_layer)
         self.binary = len(classes) == 2
         self.example_input_array = torch.zeros(1, *input_shape)
         task_metrics = {"task": "multiclass", "num_classes": len(classes)}

@@ -95,7 +95,7 @@ def build_model_network(
         if config.preset is not None:
             layers = ModelConfig(layers=presets.LAYER_PRESETS[config.preset]).layers
         plan = plan_layers(config.scaled_layers(layers), input_shape, num_classes)
-        return plan, build_network(plan, mean, std)
+        return plan, _fix_first_conv(build_network(plan, mean, std), config.fixed_first_layer)
     body = presets.preset_module(config.preset, input_shape[0], head_outputs(num_classes))
     network = nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), ("body", body)]))
     try:  # a dry run: torchvision's deeper networks pool small images down to nothing
@@ -107,12 +107,19 @@ def build_model_network(
             f"model.preset: {config.preset} cannot take a {list(input_shape)} input ({reason}); "
             "set data.image_size larger or pick a smaller network"
         ) from None
-    return None, network.train()
+    return None, _fix_first_conv(network.train(), config.fixed_first_layer)
 
 
-def fix_first_conv(network: nn.Sequential, names: list[str]) -> None:
+def _fix_first_conv(network: nn.Sequential, names: list[str]) -> nn.Sequential:
     """Starts the first conv layer from the lecture's hand-made kernels and freezes it, so hand-crafted
     against learned features is one `dvc exp run -S model.fixed_first_layer=[...]`."""
+    if not names:
+        return network
+    for index, name in enumerate(names):
+        if name not in kernels.KERNELS:
+            raise CnnpipeError(
+                f"model.fixed_first_layer[{index}]: unknown kernel {name!r}; valid: {', '.join(kernels.KERNELS)}"
+            )
     conv = next(module for module in network.modules() if isinstance(module, nn.Conv2d))
     if conv.out_channels != len(names) or conv.kernel_size != (3, 3):
         raise CnnpipeError(
@@ -125,6 +132,7 @@ def fix_first_conv(network: nn.Sequential, names: list[str]) -> None:
         if conv.bias is not None:
             conv.bias.zero_()
     conv.requires_grad_(False)
+    return network
 
 
 def shape_table(plan: list[PlannedLayer], title: str = "Layer shapes") -> Table:

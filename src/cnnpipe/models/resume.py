@@ -7,16 +7,24 @@ very same configuration and data, and that training did not finish.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 STATE_FILE = "state.json"
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 PREEMPTED = "hpc_ckpt_*.ckpt"  # what Lightning's SLURM auto-requeue saves on the preemption signal (SIGUSR1)
+SET_ASIDE = ".unreadable"  # suffix of a checkpoint that cannot be resumed, kept for a person to look at
 
 
 @dataclass
@@ -61,10 +69,46 @@ def latest_checkpoint(directory: Path, expected: str) -> Path | None:
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
-def resumable(directory: Path, expected: str) -> ResumeState | None:
+@dataclass(frozen=True)
+class Resumption:
+    run_id: str
+    checkpoint: Path
+
+
+def _unreadable(checkpoint: Path, module: torch.nn.Module) -> str | None:
+    """Why Lightning could not resume `checkpoint` into `module` (truncated, foreign, other shapes), or None."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # plain data: no code runs
+    except Exception as exc:  # noqa: BLE001 - pickle, zip, EOF and OS errors alike: not resumable
+        return " ".join(str(exc).split())[:120] or type(exc).__name__
+    if not isinstance(state, dict) or {"state_dict", "epoch", "loops"} - state.keys():
+        return "not a Lightning checkpoint"
+    expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+    found = {name: tuple(getattr(value, "shape", ())) for name, value in state["state_dict"].items()}
+    return None if found == expected else "its weights belong to another network"
+
+
+def _set_aside(checkpoint: Path, reason: str) -> None:
+    aside = checkpoint.with_name(checkpoint.name + SET_ASIDE)
+    with contextlib.suppress(FileNotFoundError):  # another rank moved it first
+        checkpoint.replace(aside)
+    if rank_zero_only.rank == 0:
+        print(
+            f"warning: {checkpoint} cannot be resumed ({reason}): moved to {aside}; training starts afresh",
+            file=sys.stderr,
+        )
+
+
+def resumable(directory: Path, expected: str, module: torch.nn.Module) -> Resumption | None:
+    """The checkpoint to resume: written by this very configuration and data, its training unfinished,
+    and readable into `module`; an unreadable one is set aside so that it never blocks a later run."""
     state = ResumeState.read(directory)
-    if state and state.fingerprint == expected and not state.completed and latest_checkpoint(directory, expected):
-        return state
+    if not (state and state.fingerprint == expected and not state.completed):
+        return None
+    while (checkpoint := latest_checkpoint(directory, expected)) is not None:
+        if (reason := _unreadable(checkpoint, module)) is None:
+            return Resumption(state.run_id, checkpoint)
+        _set_aside(checkpoint, reason)
     return None
 
 
@@ -74,3 +118,19 @@ def clear(directory: Path) -> None:
         path.unlink(missing_ok=True)
     for folder in directory.glob(preemption_dir(directory, "*").name):
         shutil.rmtree(folder)
+
+
+class ClaimFolder(pl.Callback):
+    """Makes the checkpoint folder this training's once training really starts (Lightning has accepted its
+    settings, the run is open, the sanity check passed): until then the old checkpoints stay untouched."""
+
+    def __init__(self, directory: Path, fingerprint: str, run: Callable[[], object], resumed: bool):
+        self.directory, self.fingerprint, self.run, self.resumed = directory, fingerprint, run, resumed
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if not self.resumed:
+            clear(self.directory)
+        run = self.run()
+        ResumeState(self.fingerprint, run.run_id, run.tracking_uri).write(self.directory)

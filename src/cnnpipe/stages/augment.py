@@ -16,8 +16,9 @@ from cnnpipe.outputs import replaced_atomically
 def run(params: Params, pulled: Path = paths.PULLED, out: Path = paths.AUGMENTED) -> None:
     cfg = params.augment
     pipeline = augmentation.build_pipeline(cfg)  # a bad transform stops here, before anything is written
-    manifest, splits = load_store(pulled)
+    manifest, splits = load_store(pulled, verify=True)
     train = splits["train"]
+    augmentation.check_output(pipeline, np.asarray(train.images[0]))
     with replaced_atomically(out) as staging:
         saved = staging / augmentation.PIPELINE_FILE
         augmentation.save_pipeline(pipeline, saved)

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import re
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from PIL import Image
@@ -38,6 +41,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 UNLOGGED_TAG = "cnnpipe.unlogged"
+MLFLOW_TABLES = {"experiments", "runs"}  # what makes an SQLite file an MLflow store
 
 
 SQLITE = "sqlite:///"
@@ -82,6 +86,60 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"mlflow.tracking_uri: no MLflow tracking server answers at {uri} ({reason}); "
             "start it, or use sqlite:///mlflow.db for a local store"
         ) from None
+
+
+def sqlite_problem(path: Path, create: bool) -> str | None:
+    """Why the SQLite file at `path` cannot be a tracking store, or None, asked of sqlite3 itself: MLflow would
+    retry a file it cannot open for minutes, and add its tables to any database it is given. With `create` a
+    missing file is made (as MLflow would make it); without, nothing is created or changed."""
+    if path.is_dir():
+        return "it is a directory"
+    if not (create or path.is_file()):
+        return "it does not exist"
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode={'rwc' if create else 'ro'}", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except (sqlite3.Error, OSError) as exc:
+        return f"not an MLflow database: {exc}"
+    if (tables or not create) and not tables >= MLFLOW_TABLES:
+        return "not an MLflow database: it has no experiments and runs tables"
+    return None
+
+
+def _unusable(uri: str, exc: Exception | str) -> CnnpipeError:
+    reason = " ".join(str(exc).split())[:200]
+    return CnnpipeError(
+        f"mlflow.tracking_uri: cannot use the tracking store {uri} ({reason}); valid: sqlite:///FILE.db, "
+        "postgresql://USER@HOST/DB or the http(s):// address of an MLflow server"
+    )
+
+
+def check_store(cfg: MlflowConfig) -> str:
+    """Opens the tracking store and finds the experiment, before anything is trained or replaced.
+
+    Returns the resolved tracking URI. A typo (`sqllite:///`), a file that is not a database, an unwritable
+    place, the retired `file:` store or a deleted experiment is one line here instead of an error after
+    training has begun. (A new SQLite store is created here, as the run would create it moments later.)
+    """
+    uri = resolve_tracking_uri(cfg.tracking_uri)
+    check_reachable(uri)
+    if uri.startswith(SQLITE) and (problem := sqlite_problem(Path(uri.removeprefix(SQLITE)), create=True)):
+        raise _unusable(uri, problem)
+    try:
+        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(cfg.experiment)
+    except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy's and OS errors all mean "unusable"
+        raise _unusable(uri, exc) from None
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise _deleted(cfg.experiment)
+    return uri
+
+
+def _deleted(experiment: str) -> CnnpipeError:
+    return CnnpipeError(
+        f"mlflow.experiment: '{experiment}' is deleted in the tracking store; restore it or pick a new name"
+    )
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -213,9 +271,7 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     if experiment is None:
         return client.create_experiment(name, _artifact_location(client.tracking_uri, name))
     if experiment.lifecycle_stage == "deleted":
-        raise CnnpipeError(
-            f"mlflow.experiment: '{name}' is deleted in the tracking store; restore it or pick a new name"
-        )
+        raise _deleted(name)
     return experiment.experiment_id
 
 
@@ -223,16 +279,47 @@ def start_run(cfg: MlflowConfig, run_id: str | None = None) -> TrackedRun:
     """Opens a new run, or reopens `run_id` (a resumed training) so its history continues."""
     uri = resolve_tracking_uri(cfg.tracking_uri)
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
-    if run_id is not None:
-        client.update_run(run_id, status="RUNNING")
-        return TrackedRun(client, run_id, uri)
-    run_name = cfg.run_name or os.environ.get("DVC_EXP_NAME")
-    run = client.create_run(_experiment_id(client, cfg.experiment), run_name=run_name, tags=run_tags())
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            return TrackedRun(client, run_id, uri)
+        experiment_id = _experiment_id(client, cfg.experiment)
+        run = _create_run(client, experiment_id, cfg.run_name or os.environ.get("DVC_EXP_NAME"))
+    except CnnpipeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the store broke after check_store: still one line
+        raise _unusable(uri, exc) from None
     return TrackedRun(client, run.info.run_id, uri)
 
 
-def open_run(tracking_uri: str, run_id: str) -> TrackedRun:
-    """The run that the train stage created, for evaluate to log into."""
+def _create_run(client: MlflowClient, experiment_id: str, run_name: str | None) -> Run:
+    """MLflow draws generated run names from the global `random`, which the training's seed_everything has
+    seeded: every run would get the same name. Draw it from fresh entropy, then give training its state back."""
+    state = random.getstate()
+    random.seed()
+    try:
+        return client.create_run(experiment_id, run_name=run_name, tags=run_tags())
+    finally:
+        random.setstate(state)
+
+
+def _run_problem(uri: str, run_id: str) -> str | None:
+    """Why the run cannot be opened in the store at `uri` (which must exist already), or None."""
+    if uri.startswith(SQLITE) and (problem := sqlite_problem(Path(uri.removeprefix(SQLITE)), create=False)):
+        return problem
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - not found, not a database, a server error: all unusable
+        return " ".join(str(exc).split())[:160]
+    return None
+
+
+def open_run(tracking_uri: str, run_id: str, source: Path) -> TrackedRun:
+    """The run that the train stage created (named in `source`, its run.json), for evaluate to log into."""
     check_reachable(tracking_uri)
+    if reason := _run_problem(tracking_uri, run_id):
+        raise CnnpipeError(
+            f"{source}: MLflow run {run_id} cannot be opened at {tracking_uri} ({reason}); rerun `dvc repro train`"
+        )
     return TrackedRun(MlflowClient(tracking_uri=tracking_uri), run_id, tracking_uri)

@@ -1,0 +1,28 @@
+"""The case table of docs/reliability.md, from a CNNPIPE_FAULT_REPORT file written by the fault suite:
+
+CNNPIPE_FAULT_REPORT=/tmp/faults.jsonl pytest tests/test_faults_*.py
+python -m tests.fault_report /tmp/faults.jsonl
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def _cell(text: str) -> str:
+    text = re.sub(r"/tmp/\S*?/(done|repo|project|pets|root)\b", r"\1", text)  # test folders, not a machine's
+    return text.replace("|", "\\|")
+
+
+def table(report: Path) -> str:
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    lines = ["| case | command | what the user sees (stderr, exit code 2) |", "|---|---|---|"]
+    for row in rows:
+        case = row["case"].split("::", 1)[-1]
+        lines.append(f"| `{_cell(case)}` | `{_cell(row['command'])}` | {_cell(row['line'])} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1])), end="")

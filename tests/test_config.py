@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,59 @@ def test_width_is_refused_for_a_network_that_is_not_a_layer_list(raw_params):
     raw_params["model"].update(preset="resnet-small", width=2)
     with pytest.raises(CnnpipeError, match=r"^params.yaml: model.width: applies to layer lists .* not to resnet-small"):
         parse_params(raw_params)
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "expected"),
+    [
+        ((), "trian", "trian: unknown key; did you mean 'train'? valid keys at the top level: seed, data,"),
+        (
+            ("train", "early_stopping"),
+            "patiance",
+            "patiance: unknown key; did you mean 'patience'? valid keys of train.early_stopping: patience, min_delta",
+        ),
+        (
+            ("model", "layers", 4),
+            "kernal",
+            "model.layers[4].kernal: unknown key; did you mean 'kernel'? valid keys "
+            "of a conv layer: type, out, kernel, stride, padding, dilation, groups, bias, in",
+        ),
+        (
+            ("model", "layers", 3),
+            "strides",
+            "model.layers[3].strides: unknown key; did you mean 'stride'? valid "
+            "keys of a maxpool layer: type, kernel, stride, padding",
+        ),
+        (("mlflow",), "zzz", "mlflow.zzz: unknown key; valid keys of mlflow: tracking_uri, experiment,"),
+    ],
+)
+def test_unknown_keys_list_the_valid_ones_and_the_closest(raw_params, where, key, expected):
+    holder = raw_params
+    for part in where:
+        holder = holder[part]
+    holder[key] = 3
+    with pytest.raises(CnnpipeError) as error:
+        parse_params(raw_params)
+    assert expected in str(error.value)
+
+
+def test_a_misspelt_required_section_is_reported_as_the_typo(raw_params):
+    raw_params["modle"] = raw_params.pop("model")  # `model` is missing too; the typo is the cause
+    with pytest.raises(
+        CnnpipeError, match=r"^params.yaml: modle: unknown key; did you mean 'model'\? .* \(and 1 more\)$"
+    ):
+        parse_params(raw_params)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("seed: 1\n".encode("utf-16"), "not UTF-8 text (it is UTF-16)"),
+        ("seed: 1\n".encode("utf-16-le"), "not UTF-8 text (it holds NUL bytes"),
+        ("seed: 1 # caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 13 is 0xe9)"),
+    ],
+)
+def test_a_params_file_that_is_not_utf8_text_is_named(tmp_path, content, expected):
+    (tmp_path / "params.yaml").write_bytes(content)
+    with pytest.raises(CnnpipeError, match="^" + re.escape(f"{tmp_path}/params.yaml: {expected}")):
+        load_params(tmp_path / "params.yaml")

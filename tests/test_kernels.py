@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnpipe.analysis.kernels import KERNELS, filter_image
+from cnnpipe.analysis.kernels import KERNELS, filter_image, writable_suffixes
 from cnnpipe.config import TrainConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.module import CnnClassifier
@@ -40,6 +40,26 @@ def test_every_named_kernel_is_3x3_and_unknown_names_list_the_valid_ones():
     assert all(np.array(values).shape == (3, 3) for values in KERNELS.values())
     with pytest.raises(CnnpipeError, match="unknown kernel 'sobel'; valid: vertical_edge"):
         filter_image(LECTURE_IMAGE, "sobel")
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "expected"),
+    [
+        (0, 0, "--stride: must be 1 to 5 "),
+        (6, 0, "--stride: must be 1 to 5 "),
+        (1, -1, "--padding: must be 0 to 2 for a 3x3 kernel"),
+        (1, 3, "--padding: must be 0 to 2 for a 3x3 kernel"),
+    ],
+)
+def test_stride_and_padding_outside_their_range_are_refused(stride, padding, expected):
+    with pytest.raises(CnnpipeError, match=f"^{expected}"):
+        filter_image(LECTURE_IMAGE, "lecture_x", stride=stride, padding=padding)
+
+
+def test_outputs_are_the_formats_pil_writes_in_greyscale():
+    suffixes = writable_suffixes()
+    assert {".png", ".jpg", ".tif", ".bmp"} <= set(suffixes)
+    assert not {".xbm", ".h5", ".txt", ".psd"} & set(suffixes)  # refuses mode L, a stub, not an image, read-only
 
 
 def test_cli_writes_the_feature_map(tmp_path):

@@ -23,18 +23,43 @@ STAGES = {  # name -> help; the stage modules are imported only when run, as the
 }
 
 
+# rf and check build the network and push one image through it on the CPU; every activation, and a dense layer
+# after a flatten, grows with the image. 4 Mi elements allow 3x1024x1024 or 1x2048x2048, far above ImageNet's
+# 3x224x224 (measured at the cap: params.yaml's model 6 GB and 12 s, resnet50 4 GB), while 3,100000,100000
+# would need 120 GB for the input alone. A receptive field does not depend on the input size anyway.
+MAX_INPUT_ELEMENTS = 1 << 22
+MAX_CLASSES = 100_000  # over four times ImageNet-21k's 21,841; the head's weights grow with it
+
+
 def _input_shape(text: str) -> tuple[int, int, int]:
     try:
         channels, height, width = (int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--input must be C,H,W such as 1,28,28, got {text!r}") from None
+    if min(channels, height, width) < 1 or channels * height * width > MAX_INPUT_ELEMENTS:
+        raise CnnpipeError(
+            f"--input: C, H and W must be at least 1 and C*H*W at most {MAX_INPUT_ELEMENTS:,} "
+            f"(such as 3,1024,1024), got {text}"
+        )
     return channels, height, width
 
 
+def _classes(text: str) -> int:
+    try:
+        classes = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--classes must be a whole number such as 10, got {text!r}") from None
+    if not 2 <= classes <= MAX_CLASSES:
+        raise CnnpipeError(f"--classes: must be 2 to {MAX_CLASSES:,} (a classifier needs two classes), got {classes}")
+    return classes
+
+
 def _check(args: argparse.Namespace) -> None:
-    """Validates params.yaml and prints each layer's [C, H, W] for the pulled data (or --input)."""
+    """Validates params.yaml as train would (network, Lightning settings, tracking store) and prints each
+    layer's [C, H, W] for the pulled data (or --input)."""
     params = load_params(args.params)
     from cnnpipe.models.network import build_model_network, print_shapes
+    from cnnpipe.training import preflight
 
     shape, classes = _data_shape(args)
     plan, network = build_model_network(params.model, shape, classes, [0.0] * shape[0], [1.0] * shape[0])
@@ -43,6 +68,7 @@ def _check(args: argparse.Namespace) -> None:
     else:
         parameters = sum(p.numel() for p in network.parameters())
         Console().print(f"model.preset {params.model.preset}: {parameters} parameters, input {list(shape)}")
+    preflight(params)
     Console().print(f"{args.params}: valid")
 
 
@@ -63,17 +89,28 @@ def _rf(args: argparse.Namespace) -> None:
 
 
 def _kernels(args: argparse.Namespace) -> None:
-    """Filters IMAGE with one of the lecture's kernels and writes the feature map as a PNG."""
+    """Filters IMAGE with one of the lecture's kernels and writes the feature map as an image (PNG by default)."""
     from cnnpipe.analysis import kernels
 
+    kernels.kernel(args.kernel)  # a name that is no kernel fails first: the default output is named after it
     image = kernels.read_greyscale(args.image)
-    feature_map = kernels.filter_image(image, args.kernel, args.stride, args.padding)
     output = args.output or args.image.with_name(f"{args.image.stem}-{args.kernel}.png")
-    kernels.to_png(feature_map, output)
+    _check_output_file(output)
+    kernels.check_output(output, args.image)
+    feature_map = kernels.filter_image(image, args.kernel, args.stride, args.padding)
+    _write(output, kernels.encode_feature_map(feature_map, output.suffix))
     Console().print(
         f"{list(image.shape)} * {args.kernel} (stride {args.stride}, padding {args.padding}) "
         f"= {list(feature_map.shape)} -> {output}"
     )
+
+
+def _check_output_file(path: Path) -> None:
+    """Checked before any work: a missing folder or a directory would only fail once the work is done."""
+    if path.is_dir():
+        raise CnnpipeError(f"--output: {path} is a directory; give a file path, such as {path / 'NAME'}")
+    if not path.parent.is_dir():
+        raise CnnpipeError(f"--output: the folder {path.parent} does not exist; create it or write elsewhere")
 
 
 def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
@@ -94,15 +131,20 @@ def _compare(args: argparse.Namespace) -> None:
     from cnnpipe.tracking.compare import DEFAULT_METRICS, compare
     from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
 
+    if args.output and not args.format:
+        raise CnnpipeError("--output: needs --format md or --format csv; the table view prints to the terminal")
+    if args.output:
+        _check_output_file(args.output)
     mlflow = None if args.tracking_uri and args.experiment else load_params(args.params).mlflow
     uri = resolve_tracking_uri(args.tracking_uri or mlflow.tracking_uri)
+    key = "--tracking-uri" if args.tracking_uri else f"{args.params}: mlflow.tracking_uri"
     experiment = args.experiment or mlflow.experiment
     metrics = tuple(args.metrics.split(",")) if args.metrics else DEFAULT_METRICS
-    table = compare(uri, experiment, args.metric, metrics)
+    table = compare(uri, experiment, args.metric, metrics, key)
     if args.format:
         text = table.to_markdown() if args.format == "md" else table.to_csv()
         if args.output:
-            args.output.write_text(text)
+            _write(args.output, text.encode())
         else:
             print(text, end="")
         return
@@ -113,6 +155,14 @@ def _compare(args: argparse.Namespace) -> None:
         view.add_row(*row)
     # Rich assumes 80 columns when stdout is not a terminal (a pipe, a CI log): don't squeeze the table there.
     Console(width=None if sys.stdout.isatty() else 250).print(view)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """--output in one write, after all the work: nothing is left half-written by a failed encoder."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:  # permission denied; a full disk, which raises without a file name
+        raise CnnpipeError(f"--output: cannot write {path}: {exc.strerror}") from None
 
 
 TOOLS = {"check": _check, "rf": _rf, "kernels": _kernels, "compare": _compare}
@@ -126,13 +176,13 @@ def parser() -> argparse.ArgumentParser:
         commands.add_parser(stage, help=description)
     check = commands.add_parser("check", help=_check.__doc__)
     check.add_argument("--input", type=_input_shape, help="C,H,W instead of the pulled data's shape")
-    check.add_argument("--classes", type=int, default=10, help="number of classes, with --input")
+    check.add_argument("--classes", type=_classes, default=10, help="number of classes, with --input")
     rf = commands.add_parser("rf", help=_rf.__doc__)
     rf.add_argument(
         "model", help="params (the model of params.yaml), lecture, lenet5, vgg-small, resnet-small or torchvision:NAME"
     )
     rf.add_argument("--input", type=_input_shape, help="C,H,W (default: the data's shape, or the model's own)")
-    rf.add_argument("--classes", type=int, default=10, help="number of classes, with params and --input")
+    rf.add_argument("--classes", type=_classes, default=10, help="number of classes, with params and --input")
     rf.add_argument("--json", action="store_true", help="print JSON instead of a table")
     filters = commands.add_parser("kernels", help=_kernels.__doc__)
     filters.add_argument("image", type=Path, help="any image PIL reads; it is filtered in greyscale")
@@ -143,7 +193,11 @@ def parser() -> argparse.ArgumentParser:
     )
     filters.add_argument("--stride", type=int, default=1)
     filters.add_argument("--padding", type=int, default=0)
-    filters.add_argument("--output", type=Path, help="the PNG to write (default: IMAGE-KERNEL.png beside it)")
+    filters.add_argument(
+        "--output",
+        type=Path,
+        help="the image to write, in the format of its extension (default: IMAGE-KERNEL.png beside it)",
+    )
     runs = commands.add_parser("compare", help=_compare.__doc__)
     runs.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of params.yaml)")
     runs.add_argument("--tracking-uri", help="default: mlflow.tracking_uri of params.yaml")
@@ -155,8 +209,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)  # inside: --input and --classes are checked as they are parsed
         if args.command in TOOLS:
             TOOLS[args.command](args)
         else:
@@ -167,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnpipe: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # permission denied, no space, a directory: the file is the user's to fix
+        if error.filename is None:
+            raise  # no file to name: a bug, which must stay visible
+        print(f"cnnpipe: error: {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,6 +6,7 @@ flip), so that is what `filter_image` does, with the same stride and zero paddin
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,28 @@ def kernel(name: str) -> torch.Tensor:
     return torch.tensor(KERNELS[name], dtype=torch.float64)
 
 
+def _check_window(size: tuple[int, ...], weights: torch.Tensor, stride: int, padding: int) -> None:
+    """Before any pixel is computed: torch fails on these with a traceback, or allocates gigabytes of zeros."""
+    side = weights.shape[-1]
+    if not 1 <= stride <= max(size):
+        raise CnnpipeError(
+            f"--stride: must be 1 to {max(size)} (the image's larger side; beyond it the output is one pixel), "
+            f"got {stride}"
+        )
+    if not 0 <= padding < side:
+        raise CnnpipeError(
+            f"--padding: must be 0 to {side - 1} for a {side}x{side} kernel (more padding only adds output pixels "
+            f"that see nothing but zeros), got {padding}"
+        )
+    if min(size) + 2 * padding < side:
+        raise CnnpipeError(f"kernel: the image {list(size)} is smaller than the kernel; add padding")
+
+
 def filter_image(image: np.ndarray, name: str, stride: int = 1, padding: int = 0) -> np.ndarray:
     """One greyscale [H, W] image through one named kernel: the feature map, [H', W'] in float64."""
     weights = kernel(name)
     pixels = torch.as_tensor(np.asarray(image, dtype=np.float64))[None, None]
-    if min(pixels.shape[-2:]) + 2 * padding < weights.shape[-1]:
-        raise CnnpipeError(f"kernel: the image {list(pixels.shape[-2:])} is smaller than the kernel; add padding")
+    _check_window(tuple(pixels.shape[-2:]), weights, stride, padding)
     return F.conv2d(pixels, weights[None, None], stride=stride, padding=padding)[0, 0].numpy()
 
 
@@ -47,13 +64,42 @@ def read_greyscale(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("L"), dtype=np.float64)
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise CnnpipeError(f"IMAGE: cannot read {path}: {exc}") from None
 
 
-def to_png(feature_map: np.ndarray, path: Path) -> Path:
-    """Scales the feature map's range onto 0..255 (an edge map has negative values) and saves it."""
+def _saves(image: Image.Image, format_name: str) -> bool:
+    try:
+        image.save(io.BytesIO(), format=format_name)
+    except (OSError, ValueError):  # "HDF5 save handler not installed", "cannot write mode L as XBM"
+        return False
+    return True
+
+
+def writable_suffixes() -> list[str]:
+    """The extensions PIL saves a greyscale image as, found by trying (50 ms): it opens more formats than it
+    writes, and registers savers that refuse, such as HDF5 without its plugin or XBM for all but 1-bit images."""
+    blank = Image.new("L", (1, 1))
+    extensions = Image.registered_extensions()
+    return sorted(suffix for suffix, name in extensions.items() if name in Image.SAVE and _saves(blank, name))
+
+
+def check_output(path: Path, image: Path) -> None:
+    """Before any pixel is computed: a name PIL cannot save would fail after the work, and IMAGE would be lost."""
+    suffixes = writable_suffixes()
+    if path.suffix.lower() not in suffixes:
+        raise CnnpipeError(
+            f"--output: PIL cannot write {repr(path.suffix) if path.suffix else 'a name without an extension'}; "
+            f"use .png or another extension it writes: {', '.join(suffixes)}"
+        )
+    if path.resolve() == image.resolve():
+        raise CnnpipeError(f"--output: {path} is IMAGE itself; the feature map would overwrite the image it shows")
+
+
+def encode_feature_map(feature_map: np.ndarray, suffix: str) -> bytes:
+    """Scales the feature map's range onto 0..255 (an edge map has negative values), as a `suffix` file's bytes."""
     low, high = float(feature_map.min()), float(feature_map.max())
     scaled = (feature_map - low) / (high - low) * 255 if high > low else np.zeros_like(feature_map)
-    Image.fromarray(scaled.round().astype(np.uint8)).save(path)
-    return path
+    encoded = io.BytesIO()
+    Image.fromarray(scaled.round().astype(np.uint8)).save(encoded, format=Image.registered_extensions()[suffix.lower()])
+    return encoded.getvalue()

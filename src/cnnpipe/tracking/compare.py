@@ -8,11 +8,14 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.tracking.mlflow_run import SQLITE, check_reachable, sqlite_problem
 
 # The metrics worth a column by default: how good, how fast, and what the network sees.
 DEFAULT_METRICS = ("test/accuracy", "test/loss", "best_val_acc", "best_val_loss", "images_per_sec", "rf_final")
@@ -36,6 +39,20 @@ class Comparison:
         writer.writerow(self.columns)
         writer.writerows(self.rows)
         return buffer.getvalue()
+
+
+def _check_store(uri: str, key: str) -> None:
+    """Fails fast and changes nothing: MLflow would retry a dead server for minutes, create a missing database
+    (and its folder), or add its tables to any SQLite file. `key` names where the URI came from."""
+    if uri.startswith(SQLITE):
+        path = Path(uri.removeprefix(SQLITE))
+        if problem := sqlite_problem(path, create=False):
+            raise CnnpipeError(f"{key}: {path}: {problem}; give the sqlite:/// path of the mlflow.db that runs log to")
+        return
+    try:
+        check_reachable(uri)
+    except CnnpipeError as exc:
+        raise CnnpipeError(str(exc).replace("mlflow.tracking_uri", key, 1)) from None
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
@@ -65,13 +82,30 @@ def _format(value: float | None) -> str:
     return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
 
 
-def compare(tracking_uri: str, experiment: str, metric: str, metrics: tuple[str, ...] = DEFAULT_METRICS) -> Comparison:
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
-        raise CnnpipeError(f"--experiment: no experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
-    runs = _all_runs(client, found.experiment_id)
+def _runs(tracking_uri: str, experiment: str, key: str) -> list[Run]:
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+            raise CnnpipeError(
+                f"--experiment: no experiment {experiment!r} at {tracking_uri}; experiments there: {names}"
+            )
+        return _all_runs(client, found.experiment_id)
+    except MlflowException as exc:  # a store MLflow refuses (file:, an unknown scheme) or a server's error
+        raise CnnpipeError(f"{key}: {tracking_uri}: {exc.message.strip().splitlines()[0]}") from None
+
+
+def compare(
+    tracking_uri: str,
+    experiment: str,
+    metric: str,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    key: str = "--tracking-uri",
+) -> Comparison:
+    """`key` names where tracking_uri came from (--tracking-uri, or mlflow.tracking_uri of the params file)."""
+    _check_store(tracking_uri, key)
+    runs = _runs(tracking_uri, experiment, key)
     if not runs:
         raise CnnpipeError(f"--experiment: {experiment!r} at {tracking_uri} has no runs yet; run `dvc repro` first")
     sort_key = resolve_metric(metric, {key for run in runs for key in run.data.metrics})

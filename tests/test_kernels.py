@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnpipe.analysis.kernels import KERNELS, filter_image, writable_suffixes
+from cnnpipe.analysis.kernels import KERNELS, filter_image, read_greyscale, writable_suffixes
 from cnnpipe.config import TrainConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.module import CnnClassifier
@@ -107,3 +107,9 @@ def test_fixed_first_layer_must_fit_the_first_conv():
         classifier(["vertical_edge", "sobel_x"], out=4)
     with pytest.raises(CnnpipeError, match="unknown kernel 'edges'"):
         classifier(["edges"], out=1)
+
+
+def test_a_16_bit_image_is_scaled_not_clipped(tmp_path):
+    pixels = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")  # PIL writes mode I;16 as a 16-bit PNG
+    assert read_greyscale(tmp_path / "deep.png").tolist() == [[0, 128, 255]]

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from cnnpipe.config import LimitsConfig
+from cnnpipe.data.decode import decode
 from cnnpipe.errors import CnnpipeError
 
 KERNELS: dict[str, list[list[float]]] = {
@@ -60,12 +62,9 @@ def filter_image(image: np.ndarray, name: str, stride: int = 1, padding: int = 0
     return F.conv2d(pixels, weights[None, None], stride=stride, padding=padding)[0, 0].numpy()
 
 
-def read_greyscale(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.float64)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
-        raise CnnpipeError(f"IMAGE: cannot read {path}: {exc}") from None
+def read_greyscale(path: Path, max_pixels: int = LimitsConfig().max_image_pixels) -> np.ndarray:
+    """[H, W] in 0..255, decoded as `pull` decodes (16-bit and float images scaled, alpha over black)."""
+    return decode(Path(path), 1, None, max_pixels, "IMAGE")[..., 0].astype(np.float64)
 
 
 def _saves(image: Image.Image, format_name: str) -> bool:

@@ -307,8 +307,10 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(root):
     half = extraction.with_name(f".{extraction.name}-k1ll3d")
     half.mkdir()
     pulled(root)
-    assert sorted(path.name for path in (root / "data").iterdir()) == ["cache", "pulled"]
-    assert [path.name for path in (root / "data/cache/extracted").iterdir()] == [extraction.name]
+    left = sorted(path.name for path in (root / "data").iterdir())
+    assert left == ["cache", "pulled"], f"FAULT-LEFTOVER: {left}"
+    left = [path.name for path in (root / "data/cache/extracted").iterdir()]
+    assert left == [extraction.name], f"FAULT-LEFTOVER: {left}"
 
 
 def test_a_store_moved_aside_by_a_killed_run_comes_back_even_when_the_next_pull_fails(root):
@@ -316,5 +318,6 @@ def test_a_store_moved_aside_by_a_killed_run_comes_back_even_when_the_next_pull_
     (root / "data/pulled").rename(root / "data/.pulled-old")  # killed between replaced_atomically's two renames
     write_pull_params(root, classes=["cat"])
     assert invoke("pull", cwd=root).returncode == 2
+    assert (root / "data/pulled/manifest.json").exists(), "FAULT-LOST: the store moved aside never came back"
     assert (root / "data/pulled/manifest.json").read_text() == manifest
     assert json.loads(manifest)["classes"] == ["cat", "dog"] and not (root / "data/.pulled-old").exists()

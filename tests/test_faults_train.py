@@ -101,7 +101,7 @@ def _truncate(path: Path, keep: int = 1000) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "augment"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "augment", "check"])
 def test_a_truncated_store_file_is_named(done, command):
     _truncate(done / "data/pulled/train_images.npy")
     refused_and_kept(done, command, names=("data/pulled/train_images.npy",))

@@ -118,9 +118,9 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
     if args.input:
         return args.input, args.classes
     from cnnpipe import paths
-    from cnnpipe.data.store import load_manifest
+    from cnnpipe.data.store import load_store
 
-    manifest = load_manifest(paths.PULLED)
+    manifest, _ = load_store(paths.PULLED, verify=True)  # as train checks it: a corrupt store is named here too
     return tuple(manifest.shape), manifest.num_classes
 
 

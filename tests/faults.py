@@ -165,5 +165,6 @@ def refused_and_kept(root: Path, *args: str, names: tuple[str, ...], code: int =
         assert_kept(before, snapshot(root))
     except AssertionError as failure:
         problems.append(str(failure))
-    assert not problems, " | ".join(problems)
+    # every kind first, on the first line: a traceback in the details spans many lines
+    assert not problems, " ".join(problem.split(":", 1)[0] for problem in problems) + " | " + " | ".join(problems)
     return line

@@ -48,7 +48,8 @@ def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_p
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     history = (ddp_root / "metrics/train_history.csv").read_text().splitlines()
     assert len(history) == 3  # one header, one row per epoch: written once, by rank 0
-    assert sorted(p.name for p in (ddp_root / "data/checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "state.json"]
+    checkpoints = sorted(p.name for p in (ddp_root / "data/checkpoints").iterdir())
+    assert checkpoints == ["best.ckpt", "last.ckpt", "state.json", "train_history.csv"]
 
     write_params(single_root / "params.yaml", small_run_params(raw_params, single_root, batch_size=64, **COMPARED))
     for data in ("data/pulled", "data/augmented"):  # the very same data

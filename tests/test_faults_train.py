@@ -244,9 +244,12 @@ def dvc_repro(root: Path) -> subprocess.CompletedProcess:
     ids=["dead-server", "float-transform", "bad-lightning-setting"],
 )
 def test_a_failing_stage_under_dvc_repro_keeps_every_earlier_output(pipeline, changes, failing, named):
+    """train's outputs persist through a failure; augment's (DVC deleted them) come back with `dvc checkout`."""
     with_params(pipeline, **changes)
     before = snapshot(pipeline)
     result = dvc_repro(pipeline)
+    if failing == "augment":
+        sh("dvc", "checkout", "augment", cwd=pipeline)
     output = result.stdout + result.stderr
     assert "Traceback" not in output, f"FAULT-TRACEBACK: {output[-2000:]}"
     assert result.returncode != 0, "FAULT-SILENT: dvc repro succeeded"

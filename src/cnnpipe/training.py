@@ -193,10 +193,10 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     Everything that can be checked is checked before the MLflow run opens and before old state is touched;
     a run that fails after it opened is ended FAILED (KILLED on Ctrl-C), never left RUNNING.
     """
-    load_store(where.pulled, verify=True)  # a truncated or altered store file stops here, by name
     tracking = rank_zero_only.rank == 0  # the other ranks never talk to MLflow
     if tracking:  # a server that does not answer stops us before any data is loaded
         check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))
+    load_store(where.pulled, verify=True)  # a truncated or altered store file stops here, by name
     datamodule = ImageDataModule(
         where.pulled,
         where.augmented,

@@ -17,10 +17,11 @@ def _cell(text: str) -> str:
 
 def table(report: Path) -> str:
     rows = [json.loads(line) for line in report.read_text().splitlines()]
-    lines = ["| case | command | what the user sees (stderr, exit code 2) |", "|---|---|---|"]
+    lines = ["| file | case | command | what the user sees on stderr |", "|---|---|---|---|"]
     for row in rows:
-        case = row["case"].split("::", 1)[-1]
-        lines.append(f"| `{_cell(case)}` | `{_cell(row['command'])}` | {_cell(row['line'])} |")
+        path, _, case = row["case"].partition("::")
+        name = Path(path).stem.removeprefix("test_faults_")
+        lines.append(f"| {name} | `{_cell(case)}` | `{_cell(row['command'])}` | {_cell(row['line'])} |")
     return "\n".join(lines) + "\n"
 
 

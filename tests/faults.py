@@ -137,7 +137,7 @@ def report(args: list[str], line: str) -> None:
     if REPORT:
         args = [str(arg) for arg in args]
         command = args[args.index("cnnpipe") :] if "cnnpipe" in args else args
-        case = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        case = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]  # "FILE::TEST[ID] (call)"
         with open(REPORT, "a") as handle:
             handle.write(json.dumps({"case": case, "command": " ".join(command), "line": line}) + "\n")
 

@@ -213,8 +213,6 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
         console.print(f"model.preset {params.model.preset}: {sum(p.numel() for p in module.parameters())} parameters")
     if tracking:  # the network is possible: now the store and the experiment (a new store is created here)
         check_store(params.mlflow)
-    if params.train.threads:
-        torch.set_num_threads(params.train.threads)
     # What decides the training data and its order: a checkpoint of other data is not resumed.
     augmented = [where.augmented / name for name in (augmentation.PIPELINE_FILE, augmentation.SUMMARY_FILE)]
     key = resume.fingerprint(
@@ -234,6 +232,8 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     root = resume.preemption_dir(where.checkpoints, key)
     trainer = build_trainer(params.train, where.checkpoints, root, [history, claim])
     console.print(f"Lightning: {describe(trainer)}")
+    if params.train.threads:  # only now: nothing of this process changes before every check has passed
+        torch.set_num_threads(params.train.threads)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)
     except SystemExit:  # Lightning turns Ctrl-C into exit code 1 after its own clean-up (EpochHistory: KILLED)

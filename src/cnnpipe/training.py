@@ -170,7 +170,7 @@ def _log_model_description(run: TrackedRun, module: CnnClassifier, pulled: Path,
     return images
 
 
-def _open_run(params: Params, where: TrainPaths, resumed: resume.ResumeState | None) -> TrackedRun:
+def _open_run(params: Params, where: TrainPaths, resumed: resume.Resumption | None) -> TrackedRun:
     """Runs on global rank 0 only, inside fit: every rank has decided whether to resume before this.
 
     The old checkpoints stay until training really starts (resume.ClaimFolder), so a run that fails to
@@ -246,7 +246,7 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     try:
         return _finish(params, where, key, history.run, module, history, describe(trainer))
     except BaseException as exc:
-        history.run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        history.run.end_after(exc)
         raise
 
 

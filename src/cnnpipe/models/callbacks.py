@@ -34,7 +34,7 @@ class EpochHistory(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """A run that fails or is interrupted is ended as such in MLflow, never left RUNNING."""
         if self.run is not None:
-            self.run.finish("KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED")
+            self.run.end_after(exception)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = self._last_batch = time.perf_counter()

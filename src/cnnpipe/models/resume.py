@@ -20,6 +20,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cnnpipe.outputs import write_atomically
+
 STATE_FILE = "state.json"
 LAST = "last.ckpt"
 BEST = "best.ckpt"
@@ -42,10 +44,7 @@ class ResumeState:
             return None  # no state, or one from an older layout: start afresh
 
     def write(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(directory / STATE_FILE)
+        write_atomically(directory / STATE_FILE, json.dumps(asdict(self), indent=2))
 
 
 def fingerprint(*parts: object) -> str:

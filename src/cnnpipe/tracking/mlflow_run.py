@@ -116,10 +116,10 @@ def _unusable(uri: str, exc: Exception | str) -> CnnpipeError:
     )
 
 
-def check_store(cfg: MlflowConfig) -> str:
+def check_store(cfg: MlflowConfig) -> None:
     """Opens the tracking store and finds the experiment, before anything is trained or replaced.
 
-    Returns the resolved tracking URI. A typo (`sqllite:///`), a file that is not a database, an unwritable
+    A typo (`sqllite:///`), a file that is not a database, an unwritable
     place, the retired `file:` store or a deleted experiment is one line here instead of an error after
     training has begun. (A new SQLite store is created here, as the run would create it moments later.)
     """
@@ -133,7 +133,6 @@ def check_store(cfg: MlflowConfig) -> str:
         raise _unusable(uri, exc) from None
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         raise _deleted(cfg.experiment)
-    return uri
 
 
 def _deleted(experiment: str) -> CnnpipeError:
@@ -260,6 +259,10 @@ class TrackedRun:
             file=sys.stderr,
         )
         self._try("unlogged list", lambda: self.client.set_tag(self.run_id, UNLOGGED_TAG, "; ".join(missing)[:5000]))
+
+    def end_after(self, exception: BaseException) -> None:
+        """Ends a run that `exception` stopped: KILLED for Ctrl-C, FAILED for anything else."""
+        self.finish("KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
         self._try("run status", lambda: self.client.set_terminated(self.run_id, status))

@@ -125,9 +125,8 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    """The runs of an MLflow experiment as a table: the params that differ, the metrics, best first."""
-    from rich.table import Table
-
+    """The trainings of an MLflow experiment, each with its newest evaluation: the params that differ, the
+    metrics, best first."""
     from cnnpipe.tracking.compare import DEFAULT_METRICS, compare
     from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
 
@@ -148,13 +147,9 @@ def _compare(args: argparse.Namespace) -> None:
         else:
             print(text, end="")
         return
-    view = Table(title=f"{experiment}: best {table.metric} first")
-    for column in table.columns:
-        view.add_column(column, no_wrap=column != "run")  # numbers stay whole; long run names fold
-    for row in table.rows:
-        view.add_row(*row)
-    # Rich assumes 80 columns when stdout is not a terminal (a pipe, a CI log): don't squeeze the table there.
-    Console(width=None if sys.stdout.isatty() else 250).print(view)
+    # Rich's width: COLUMNS, else the terminal's even through a pipe (`| less`: stderr still is one), else 80.
+    console = Console()
+    console.print(*table.to_tables(f"{experiment}: best {table.metric} first", console.width))
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -201,7 +196,11 @@ def parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("compare", help=_compare.__doc__)
     runs.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of params.yaml)")
     runs.add_argument("--tracking-uri", help="default: mlflow.tracking_uri of params.yaml")
-    runs.add_argument("--metric", default="accuracy", help="sort by this metric (default: accuracy = test/accuracy)")
+    runs.add_argument(
+        "--metric",
+        default="accuracy",
+        help="sort by this metric: a name or its ending (default: accuracy = test/acc, of the newest evaluation)",
+    )
     runs.add_argument("--metrics", help="comma-separated metric columns (default: test, validation, speed, rf)")
     runs.add_argument("--format", choices=("md", "csv"), help="print Markdown or CSV instead of a table")
     runs.add_argument("--output", type=Path, help="with --format: write to this file instead of stdout")

@@ -7,26 +7,51 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from rich import box
+from rich.cells import cell_len
+from rich.table import Table
+from rich.text import Text
 
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.tracking.mlflow_run import SQLITE, check_reachable, sqlite_problem
 
 # The metrics worth a column by default: how good, how fast, and what the network sees.
-DEFAULT_METRICS = ("test/accuracy", "test/loss", "best_val_acc", "best_val_loss", "images_per_sec", "rf_final")
+DEFAULT_METRICS = ("test/acc", "test/loss", "best/val/acc", "best/val/loss", "mean/images_per_sec", "rf_final")
 LOWER_IS_BETTER = ("loss", "time")
+ALIASES = {"accuracy": "acc"}  # `--metric accuracy`, the default: runs log `test/acc` since the rename
+STAGE_TAG = "cnnpipe.stage"  # train on a training run, evaluate on each evaluation: a child of its training run
+PARENT_TAG = "mlflow.parentRunId"
+GAP = 2  # characters between two columns of the terminal table
+
+
+@dataclass(frozen=True)
+class Training:
+    """A row: one training run, with the params and metrics of its newest evaluation merged in."""
+
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
 class Comparison:
-    columns: list[str]
-    rows: list[list[str]]
+    params: list[str]  # the params that differ between the rows
+    metrics: list[str]  # the sort metric first
+    rows: list[list[str]]  # run, status, params, metrics
     metric: str
+
+    @property
+    def columns(self) -> list[str]:
+        return ["run", "status", *self.params, *self.metrics]
 
     def to_markdown(self) -> str:
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
@@ -39,6 +64,80 @@ class Comparison:
         writer.writerow(self.columns)
         writer.writerows(self.rows)
         return buffer.getvalue()
+
+    def to_tables(self, title: str, width: int) -> list[Table | Text]:
+        """What fits `width` without cutting a cell: one table, or the params that differ in a second one below.
+
+        Headers fold at / . _ first; a column that still does not fit is left out and named, as Rich would
+        squeeze every cell to '…' (and a run name to nothing) instead.
+        """
+        columns, rows = self.columns, self.rows
+        metrics = range(2 + len(self.params), len(columns))
+        params = range(2, metrics.start)
+        whole, left_out = _fit(title, columns, rows, width, range(len(columns)), range(len(columns) - 1, 0, -1))
+        if not left_out:  # all of it fits
+            return [whole]
+        parts = [_fit(title, columns, rows, width, [0, 1, *metrics], [*metrics[:0:-1], 1])]  # status before the sort
+        if params:
+            parts.append(_fit("params that differ", columns, rows, width, [0, *params], params[:0:-1]))
+        left_out = [name for _, names in parts for name in names]
+        note = Text(f"left out at {width} columns: {', '.join(left_out)}; --format csv shows every column", "dim")
+        return [table for table, _ in parts] + ([note] if left_out else [])
+
+
+def _fold(header: str, width: int) -> str:
+    """`header` in lines no wider than `width` or its longest piece, broken after / . or _."""
+    pieces = re.split(r"(?<=[/._])", header)
+    width = max(width, *map(cell_len, pieces))
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and cell_len(lines[-1] + piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
+def _fit(
+    title: str, headers: list[str], rows: list[list[str]], width: int, shown: Sequence[int], droppable: Sequence[int]
+) -> tuple[Table, list[str]]:
+    """The table of the `shown` columns, headers folded (biggest saving first) until it fits `width`, then the
+    `droppable` ones left out in that order. Returns the table and the headers left out."""
+    shown = list(shown)
+    cells = {i: max((cell_len(row[i]) for row in rows), default=0) for i in shown}
+    text = {i: headers[i] for i in shown}
+
+    def column(i: int, header: str | None = None) -> int:
+        return max([cells[i], *map(cell_len, (header or text[i]).splitlines())])
+
+    def total() -> int:
+        return sum(column(i) for i in shown) + GAP * (len(shown) - 1)
+
+    folds = {i: _fold(headers[i], cells[i]) for i in shown}
+    for i in sorted(shown, key=lambda i: column(i, folds[i]) - column(i)):  # the biggest saving first
+        if total() <= width:
+            break
+        text[i] = folds[i]
+    for i in droppable:
+        if total() <= width:
+            break
+        shown.remove(i)
+    left_out = [headers[i] for i in sorted(set(text) - set(shown))]
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for i in shown:  # fixed widths: Rich squeezes no cell; only where even these are too wide do run names fold
+        numeric = all(_is_number(row[i]) for row in rows)
+        fixed = None if i == 0 and total() > width else column(i)
+        table.add_column(Text(text[i]), width=fixed, overflow="fold", justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*(Text(row[i]) for i in shown))  # Text: a `[name]` in a run name is not Rich markup
+    return table, left_out
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell or 0)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_store(uri: str, key: str) -> None:
@@ -66,14 +165,44 @@ def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
 
 
 def resolve_metric(name: str, available: set[str]) -> str:
-    """`accuracy` finds `test/accuracy`: an exact key first, then the test metric, then any `*/name`."""
-    for candidate in (name, f"test/{name}"):
-        if candidate in available:
-            return candidate
-    endings = sorted(key for key in available if key.endswith(f"/{name}"))
-    if endings:
-        return endings[0]
+    """`accuracy` finds `test/acc`: an exact key first, then the test metric, then any `*/name`, for the alias
+    first and then the name itself (`test/accuracy`, as runs logged it before the rename)."""
+    for alias in dict.fromkeys((ALIASES.get(name, name), name)):
+        for candidate in (alias, f"test/{alias}"):
+            if candidate in available:
+                return candidate
+        endings = sorted(key for key in available if key.endswith(f"/{alias}"))
+        if endings:
+            return endings[0]
     raise CnnpipeError(f"--metric: no run logged {name!r}; logged metrics: {', '.join(sorted(available))}")
+
+
+def trainings(runs: list[Run]) -> list[Training]:
+    """One per training run (a run without the stage tag is one too, from before evaluations had runs of
+    their own), with its newest evaluation merged in, a finished one first: a sweep sorts by test accuracy."""
+    evaluations: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.data.tags.get(STAGE_TAG) == "evaluate":
+            evaluations.setdefault(run.data.tags.get(PARENT_TAG, ""), []).append(run)
+    rows = []
+    for run in runs:
+        if run.data.tags.get(STAGE_TAG) == "evaluate":
+            continue
+        newest = max(
+            evaluations.get(run.info.run_id, []),
+            key=lambda child: (child.info.status == "FINISHED", child.info.start_time or 0),
+            default=None,
+        )
+        merged = [run.data, *([newest.data] if newest else [])]
+        rows.append(
+            Training(
+                run.info.run_name or run.info.run_id[:8],
+                run.info.status.lower(),
+                {key: value for data in merged for key, value in data.params.items()},
+                {key: value for data in merged for key, value in data.metrics.items()},
+            )
+        )
+    return rows
 
 
 def _format(value: float | None) -> str:
@@ -105,24 +234,25 @@ def compare(
 ) -> Comparison:
     """`key` names where tracking_uri came from (--tracking-uri, or mlflow.tracking_uri of the params file)."""
     _check_store(tracking_uri, key)
-    runs = _runs(tracking_uri, experiment, key)
+    runs = trainings(_runs(tracking_uri, experiment, key))
     if not runs:
         raise CnnpipeError(f"--experiment: {experiment!r} at {tracking_uri} has no runs yet; run `dvc repro` first")
-    sort_key = resolve_metric(metric, {key for run in runs for key in run.data.metrics})
+    sort_key = resolve_metric(metric, {key for run in runs for key in run.metrics})
     descending = not any(word in sort_key for word in LOWER_IS_BETTER)
 
-    def best_first(run: Run) -> tuple[bool, float]:
-        value = run.data.metrics.get(sort_key)
+    def best_first(run: Training) -> tuple[bool, float]:
+        value = run.metrics.get(sort_key)
         return value is None, 0.0 if value is None else -value if descending else value  # no value: last
 
     runs.sort(key=best_first)
-    keys = sorted({key for run in runs for key in run.data.params})
-    differing = [key for key in keys if len({run.data.params.get(key) for run in runs}) > 1]
-    shown = [sort_key, *(m for m in metrics if m != sort_key and any(m in run.data.metrics for run in runs))]
+    keys = sorted({key for run in runs for key in run.params})
+    # A param only some runs have (an evaluation's, when one run is not evaluated) differs only in its values.
+    differing = [key for key in keys if len({run.params[key] for run in runs if key in run.params}) > 1]
+    shown = [sort_key, *(m for m in metrics if m != sort_key and any(m in run.metrics for run in runs))]
     rows = [
-        [run.info.run_name or run.info.run_id[:8], run.info.status.lower()]
-        + [run.data.params.get(key, "") for key in differing]
-        + [_format(run.data.metrics.get(key)) for key in shown]
+        [run.name, run.status]
+        + [run.params.get(key, "") for key in differing]
+        + [_format(run.metrics.get(key)) for key in shown]
         for run in runs
     ]
-    return Comparison(["run", "status", *differing, *shown], rows, sort_key)
+    return Comparison(differing, shown, rows, sort_key)

@@ -69,8 +69,9 @@ def main() -> None:
         train = json.loads((root / "metrics/train.json").read_text())
         test = json.loads((root / "metrics/test.json").read_text())
         print(
-            f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}; best val/acc {train['val_acc']:.4f} "
-            f"at epoch {train['best_epoch']}; training {train['images_per_sec']:.0f} images/s over "
+            f"test accuracy {test['test/acc']:.4f}, loss {test['test/loss']:.4f}; best val/acc "
+            f"{train['best/val/acc']:.4f} at epoch {train['best/epoch']}; training {train['mean/images_per_sec']:.0f} "
+            f"images/s over "
             f"{train['epochs']} epochs"
         )
 

@@ -30,9 +30,14 @@ ODD_VALIDATION = 0.1001  # 601 of each class's 6,000 images: 1,803 in all, so th
 
 
 def one_run(root: Path):
+    """The one training run, however many processes trained, and the test metrics of its one evaluation."""
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
-    return client, run
+    training, evaluation = sorted(
+        client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id]),
+        key=lambda run: run.data.tags["cnnpipe.stage"] != "train",
+    )
+    assert evaluation.data.tags["mlflow.parentRunId"] == training.info.run_id
+    return client, training, evaluation.data.metrics
 
 
 def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_path, raw_params):
@@ -43,8 +48,8 @@ def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_p
     dvc_repo(ddp_root, ddp)
     sh("dvc", "repro", cwd=ddp_root)
 
-    client, run = one_run(ddp_root)
-    assert run.data.params["train.devices"] == "2" and "test/accuracy" in run.data.metrics
+    client, run, tested = one_run(ddp_root)
+    assert run.data.params["train.devices"] == "2" and "test/acc" in tested
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     history = (ddp_root / "metrics/train_history.csv").read_text().splitlines()
     assert len(history) == 3  # one header, one row per epoch: written once, by rank 0
@@ -59,8 +64,8 @@ def test_dvc_repro_with_two_processes_logs_one_run_and_matches_one_process(tmp_p
         sorted(str(p.relative_to(root)) for p in (root / "data/train").rglob("*")) for root in (ddp_root, single_root)
     ]
     assert outputs[0] == outputs[1]  # the stage writes the same files however many processes trained
-    ddp_accuracy = json.loads((ddp_root / "metrics/train.json").read_text())["val_acc"]
-    single_accuracy = json.loads((single_root / "metrics/train.json").read_text())["val_acc"]
+    ddp_accuracy = json.loads((ddp_root / "metrics/train.json").read_text())["best/val/acc"]
+    single_accuracy = json.loads((single_root / "metrics/train.json").read_text())["best/val/acc"]
     assert abs(ddp_accuracy - single_accuracy) <= TOLERANCE, (ddp_accuracy, single_accuracy)
 
     _, splits = load_store(ddp_root / "data/pulled")
@@ -87,8 +92,8 @@ def test_two_nodes_simulated_with_the_torchrun_launcher_on_localhost(tmp_path, r
     ]
     outputs = [node.communicate(timeout=400)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    client, run = one_run(repo)
-    assert run.data.params["train.num_nodes"] == "2" and "test/accuracy" in run.data.metrics  # node 0 evaluated
+    client, run, tested = one_run(repo)
+    assert run.data.params["train.num_nodes"] == "2" and "test/acc" in tested  # node 0 evaluated
     assert len((repo / "metrics/train_history.csv").read_text().splitlines()) == 3
     status = sh("dvc", "status", cwd=repo).stdout  # the launcher recorded train's outputs in dvc.lock
     assert "up to date" in status, status

@@ -138,11 +138,16 @@ def test_evaluate_refuses_broken_training_outputs(done, damage, named):
     refused_and_kept(done, "evaluate", names=(named,))
 
 
-def test_evaluate_refuses_a_run_that_is_not_in_the_store(done):
+def test_evaluate_of_a_training_logged_elsewhere_is_a_run_of_its_own_said_plainly(done):
+    """A teammate's model (its run in another store) is evaluated into this store, and the console says so."""
     run_file = done / "data/train/run.json"
     record = json.loads(run_file.read_text())
     run_file.write_text(json.dumps({**record, "run_id": "0" * 32}))
-    refused_and_kept(done, "evaluate", names=("data/train/run.json", "0" * 32))
+    result = run_cnnpipe("evaluate", cwd=done)
+    (note,) = [line for line in result.stderr.splitlines() if "0" * 32 in line]
+    assert note.startswith("warning: MLflow run 00000000") and "a run of its own" in note
+    statuses = mlflow_runs(done / "mlflow.db")
+    assert list(statuses.values()).count("FINISHED") == 3  # the training, its evaluation, and this one
 
 
 def test_evaluate_refuses_a_store_that_is_gone_instead_of_creating_one(done):
@@ -177,7 +182,8 @@ def test_a_truncated_last_checkpoint_is_set_aside_and_a_new_run_with_its_own_nam
     assert "last.ckpt cannot be resumed" in result.stderr
     assert (done / "data/checkpoints/last.ckpt.unreadable").exists()
     client = MlflowClient(f"sqlite:///{done}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
+    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
+    runs = client.search_runs([experiment], "tags.`cnnpipe.stage` = 'train'")
     # two seeded trainings: MLflow's generated names came from the seeded `random` and were equal
     assert len(runs) == 2 and len({r.info.run_name for r in runs}) == 2, [r.info.run_name for r in runs]
 
@@ -201,7 +207,7 @@ def test_ctrl_c_exits_130_and_ends_the_run_killed_keeping_the_stage_outputs(done
     after = snapshot(done)
     kept = {path: digest for path, digest in before.files.items() if not path.startswith("data/checkpoints")}
     assert_kept(before.__class__(kept, before.runs), after)
-    assert sorted(after.runs.values()) == ["FINISHED", "KILLED"]
+    assert sorted(after.runs.values()) == ["FINISHED", "FINISHED", "KILLED"]  # training, its evaluation; this
 
 
 # ---- under `dvc repro`: DVC would delete a stage's outputs before running it --------------------------------

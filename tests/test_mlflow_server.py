@@ -31,9 +31,11 @@ def prepared_repo(root, raw_params, server, data, **train):
     return root
 
 
-def only_run(server):
+def only_run(server, stage="train"):
+    """The one run of a stage: the training's, or its evaluation's."""
     experiment = server.api("experiments/get-by-name?experiment_name=remote")["experiment"]
-    runs = server.api("runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    query = {"experiment_ids": [experiment["experiment_id"]], "filter": f"tags.`cnnpipe.stage` = '{stage}'"}
+    runs = server.api("runs/search", query)["runs"]
     assert len(runs) == 1, [run["info"]["run_name"] for run in runs]
     return runs[0]
 
@@ -48,7 +50,9 @@ def test_rest_api_shows_one_run_with_params_metrics_tags_and_artifacts(tmp_path,
     assert params["train.lr"] == "0.003" and params["mlflow.experiment"] == "remote"
     metrics = {m["key"] for m in run["data"]["metrics"]}
     epoch_metrics = {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time", "images_per_sec"}
-    assert epoch_metrics | {"test/accuracy", "test/loss", "test/acc/Bag", "rf_final"} <= metrics
+    assert epoch_metrics | {"best/val/acc", "parameters", "rf_final"} <= metrics
+    evaluated = only_run(server, "evaluate")
+    assert {"test/acc", "test/loss", "test/acc/Bag"} <= {m["key"] for m in evaluated["data"]["metrics"]}
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     assert tags["mlflow.source.git.commit"] == commit and tags["git.dirty"] == "false"
@@ -59,14 +63,17 @@ def test_rest_api_shows_one_run_with_params_metrics_tags_and_artifacts(tmp_path,
 
     listed = server.api(f"artifacts/list?run_id={run_id}")["files"]
     names = {f["path"] for f in listed}
-    assert {"checkpoints", "evaluation", "params.yaml", "preview.png", "training_curves.png"} <= names
+    assert {"checkpoints", "params.yaml", "preview.png", "training_curves.png"} <= names
     assert {"receptive_field.json", "first_layer_kernels.png", "feature_maps.png", "model_summary.txt"} <= names
-    evaluation = {f["path"] for f in server.api(f"artifacts/list?run_id={run_id}&path=evaluation")["files"]}
+    evaluated_id = evaluated["info"]["run_id"]
+    evaluation = {f["path"] for f in server.api(f"artifacts/list?run_id={evaluated_id}&path=evaluation")["files"]}
     assert evaluation == {"evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
     images = {f["path"].split("+")[0] for f in server.api(f"artifacts/list?run_id={run_id}&path=images")["files"]}
-    assert {"images/confusion_matrix", "images/training_curves", "images/preview"} <= images  # UI comparison
-    versions = server.api("registered-models/get-latest-versions", {"name": "cnnpipe"})["model_versions"]
-    assert [v["run_id"] for v in versions] == [run_id]
+    assert {"images/training_curves", "images/preview"} <= images  # the UI's image grid
+    evaluated_images = server.api(f"artifacts/list?run_id={evaluated_id}&path=images")["files"]
+    assert "images/confusion_matrix" in {f["path"].split("+")[0] for f in evaluated_images}
+    registered = server.api("registered-models/search")
+    assert registered.get("registered_models", []) == []  # a smoke run (6 batches) is not registered
 
 
 def test_unreachable_server_stops_training_before_it_starts(tmp_path, raw_params):

@@ -19,13 +19,13 @@ def test_dvc_repro_runs_reruns_only_what_changed_and_logs_one_run_each(repo):
     first = sh("dvc", "repro", cwd=repo)
     assert ran(first.stdout) == ["pull", "augment", "train", "evaluate"]
     test_metrics = json.loads((repo / "metrics/test.json").read_text())
-    assert test_metrics["accuracy"] > 0.8 and "loss" in test_metrics
+    assert test_metrics["test/acc"] > 0.8 and "test/loss" in test_metrics
 
     again = sh("dvc", "repro", cwd=repo)
     assert ran(again.stdout) == []
 
     shown = sh("dvc", "metrics", "show", "--json", cwd=repo)
-    assert '"accuracy"' in shown.stdout and '"val_acc"' in shown.stdout
+    assert '"test/acc"' in shown.stdout and '"best/val/acc"' in shown.stdout  # the names MLflow shows
     sh("dvc", "plots", "show", "-o", str(repo / "plots_html"), cwd=repo)
     assert (repo / "plots_html/index.html").exists()
 
@@ -39,14 +39,18 @@ def test_dvc_repro_runs_reruns_only_what_changed_and_logs_one_run_each(repo):
     assert ran(experiment.stdout) == ["train", "evaluate"]
 
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
+    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
+    runs = client.search_runs([experiment], "tags.`cnnpipe.stage` = 'train'")
     assert sorted(run.data.params["train.lr"] for run in runs) == ["0.003", "0.004", "0.005"]
-    assert all("test/accuracy" in run.data.metrics for run in runs)
+    evaluations = client.search_runs([experiment], "tags.`cnnpipe.stage` = 'evaluate'")
+    assert {run.data.tags["mlflow.parentRunId"] for run in evaluations} == {run.info.run_id for run in runs}
+    assert all("test/acc" in run.data.metrics for run in evaluations)
     named = next(run for run in runs if run.data.params["train.lr"] == "0.005")
     assert named.info.run_name == "faster-lr" and named.data.tags["dvc.experiment"] == "faster-lr"
     first = next(run for run in runs if run.data.params["train.lr"] == "0.003")
     assert first.data.tags["git.dirty"] == "false" and len(first.data.tags["mlflow.source.git.commit"]) == 40
-    assert "dvc.lock" in {artifact.path for artifact in client.list_artifacts(first.info.run_id)}
+    evaluated = next(run for run in evaluations if run.data.tags["mlflow.parentRunId"] == first.info.run_id)
+    assert "dvc.lock" in {artifact.path for artifact in client.list_artifacts(evaluated.info.run_id)}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert first.data.tags["dvc.data"] == (
         f"data/pulled:{lock['pull']['outs'][0]['md5']} data/augmented:{lock['augment']['outs'][0]['md5']}"

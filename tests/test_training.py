@@ -12,38 +12,61 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnpipe.tracking.dataset import dvc_hash
 from tests.conftest import run_cnnpipe, small_run_params, write_params
 
 
-def mlflow_runs(root):
+def mlflow_runs(root, stage="train"):
+    """The runs of one stage: a training run each, an evaluation run each (a child of its training's)."""
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    return client, client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
+    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
+    return client, client.search_runs([experiment], f"tags.`cnnpipe.stage` = '{stage}'")
 
 
-def test_train_then_evaluate_log_into_one_run(workdir):
+def run_file_digest(root):
+    """What dvc.lock would record for data/pulled, the first 36 characters MLflow keeps as a digest."""
+    return dvc_hash(root / "data/pulled")[:36]
+
+
+def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     result = run_cnnpipe("train", cwd=workdir)
     assert "[32, 7, 7]" in result.stdout  # the shape table is printed before training
     train_metrics = json.loads((workdir / "metrics/train.json").read_text())
-    assert train_metrics["epochs"] == 2 and train_metrics["images_per_sec"] > 0
+    assert train_metrics["epochs"] == 2 and train_metrics["mean/images_per_sec"] > 0
     history = (workdir / "metrics/train_history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 3
+    run_file = json.loads((workdir / "data/train/run.json").read_text())
+    assert run_file["tracking_uri"] == f"sqlite:///{workdir}/mlflow.db"  # as params.yaml says it
+    assert run_file["model_version"] is None  # a smoke run (limit_train_batches: 6) is not registered
     run_cnnpipe("evaluate", cwd=workdir)
     test_metrics = json.loads((workdir / "metrics/test.json").read_text())
-    assert test_metrics["accuracy"] > 0.8 and test_metrics["count"] == 3000
-    assert set(test_metrics["per_class"]) == {"Trouser", "Bag", "Sneaker"}
+    assert test_metrics["test/acc"] > 0.8 and test_metrics["test/count"] == 3000
+    assert {key for key in test_metrics if key.startswith("test/acc/")} == {
+        "test/acc/Trouser",
+        "test/acc/Bag",
+        "test/acc/Sneaker",
+    }
     for plot in ("confusion_matrix.png", "misclassified.png", "predictions.csv"):
         assert (workdir / "plots" / plot).stat().st_size > 0
 
-    client, runs = mlflow_runs(workdir)
-    assert len(runs) == 1
-    run = runs[0]
+    client, (run,) = mlflow_runs(workdir)
     assert run.data.params["train.lr"] == "0.003" and run.data.params["model.layers.0.type"] == "conv"
-    assert run.data.metrics["test/accuracy"] == pytest.approx(test_metrics["accuracy"])
+    assert run.data.params["model.built_widths"] == "16,32,128,3"
+    assert not any(key.startswith("evaluate.") for key in run.data.params)  # evaluate's params are its own run's
+    assert run.data.metrics["best/val/acc"] == pytest.approx(train_metrics["best/val/acc"])
+    assert run.data.metrics["parameters"] == train_metrics["parameters"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "images_per_sec")] == [0, 1]
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "PROJECT"
+    assert str(workdir) not in run.data.tags["mlflow.source.name"]  # no path of this machine
+    contexts = {
+        tag.value for data in run.inputs.dataset_inputs for tag in data.tags if tag.key == "mlflow.data.context"
+    }
+    assert contexts == {"train", "validation"}
+    assert run.inputs.dataset_inputs[0].dataset.digest == run_file_digest(workdir)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {
         "checkpoints",
-        "evaluation",
         "params.yaml",
         "preview.png",
         "model_summary.txt",
@@ -60,13 +83,43 @@ def test_train_then_evaluate_log_into_one_run(workdir):
     assert "never sees the whole image" in run.data.tags["receptive_field.warning"]
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
-    assert "cnnpipe.unlogged" not in run.data.tags
-    (version,) = client.search_model_versions("name='cnnpipe'")
-    assert version.run_id == run.info.run_id
+    assert "cnnpipe.unlogged" not in run.data.tags and run.info.status == "FINISHED"
+    assert client.search_model_versions("name='cnnpipe'") == []
+
+    _, (evaluation,) = mlflow_runs(workdir, "evaluate")
+    assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert evaluation.info.run_name == f"{run.info.run_name}-eval" and evaluation.info.status == "FINISHED"
+    assert evaluation.data.params == {"evaluate.batch_size": "512", "evaluate.misclassified": "6"}
+    assert evaluation.data.metrics["test/acc"] == pytest.approx(test_metrics["test/acc"])
+    assert "evaluation" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
 
 
-def test_registered_model_answers_mlflow_models_predict(workdir):
+def test_an_evaluate_only_rerun_is_a_new_child_run_and_the_training_run_is_untouched(workdir, raw_params):
     run_cnnpipe("train", cwd=workdir)
+    run_cnnpipe("evaluate", cwd=workdir)
+    client, (training,) = mlflow_runs(workdir)
+    raw = small_run_params(raw_params, workdir)
+    raw["evaluate"]["misclassified"] = 9
+    write_params(workdir / "params.yaml", raw)
+    run_cnnpipe("evaluate", cwd=workdir)
+    _, evaluations = mlflow_runs(workdir, "evaluate")
+    assert sorted(run.data.params["evaluate.misclassified"] for run in evaluations) == ["6", "9"]
+    after = client.get_run(training.info.run_id)
+    assert after.info.end_time == training.info.end_time and after.data.params == training.data.params
+    assert after.data.metrics == training.data.metrics
+
+
+def test_registered_model_answers_mlflow_models_predict_at_champion(workdir, raw_params):
+    raw = small_run_params(raw_params, workdir)
+    raw["mlflow"]["register_model"] = "always"
+    write_params(workdir / "params.yaml", raw)
+    run_cnnpipe("train", cwd=workdir)
+    run_cnnpipe("evaluate", cwd=workdir)
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    version = client.get_model_version_by_alias("cnnpipe", "champion")
+    assert str(version.version) == "1" and float(version.tags["test.acc"]) > 0.8
+    assert version.tags["data.digest"].endswith(".dir") and "Trouser, Bag, Sneaker" in version.description
+    assert "[N, C, H, W]" in client.get_registered_model("cnnpipe").description
     test_images = np.load(workdir / "data/pulled/test_images.npy")[:4]
     test_labels = np.load(workdir / "data/pulled/test_labels.npy")[:4]
     batch = test_images.transpose(0, 3, 1, 2).astype(np.float32) / 255  # [N, C, H, W] in [0, 1]
@@ -74,7 +127,7 @@ def test_registered_model_answers_mlflow_models_predict(workdir):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
     mlflow_cli = [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "--env-manager", "local"]
     subprocess.run(
-        [*mlflow_cli, "-m", "models:/cnnpipe/latest", "-i", "input.json", "-t", "json", "-o", "out.json"],
+        [*mlflow_cli, "-m", "models:/cnnpipe@champion", "-i", "input.json", "-t", "json", "-o", "out.json"],
         cwd=workdir,
         env=env,
         check=True,

@@ -187,10 +187,16 @@ class MlflowConfig(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = Field("cnnpipe", min_length=1)
     run_name: str | None = None
-    registered_model: str | None = Field(
+    registered_model: str = Field(
         "cnnpipe",
         pattern=r"^[A-Za-z0-9][\w.\-]*$",
-        description="Model Registry name the trained model is registered under (letters, digits, _ . -); null: none",
+        description="Model Registry name the trained model is registered under (letters, digits, _ . -)",
+    )
+    register_model: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: complete trainings only (limit_*_batches 1.0), not smoke tests"
+    )
+    system_metrics: bool = Field(
+        True, description="CPU, memory, disk, network and GPU use in the run, every 10 s (under 0.1% of a training)"
     )
 
 

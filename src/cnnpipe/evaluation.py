@@ -1,9 +1,15 @@
-"""Evaluation on the untouched test split: accuracy, loss, per-class accuracy and the pictures that explain them."""
+"""Evaluation on the untouched test split: accuracy, loss, per-class accuracy and the pictures that explain them.
+
+Each evaluation is an MLflow run of its own, a child of the training run, holding evaluate's params and the
+test metrics they produced; a registered model version gets its test accuracy, and the `champion` alias
+moves to it when it beats the champion on the same test data.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +25,10 @@ from cnnpipe.data.store import load_store
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.module import CnnClassifier
 from cnnpipe.outputs import replaced_files, write_atomically
-from cnnpipe.tracking.mlflow_run import TrackedRun, open_run
+from cnnpipe.tracking import registry
+from cnnpipe.tracking.dataset import dataset_inputs, dvc_hash
+from cnnpipe.tracking.mlflow_run import TrackedRun, metric_key
+from cnnpipe.tracking.run_record import EvaluationStore, RunRecord, evaluation_store
 
 console = Console()
 LOCK_FILE = Path("dvc.lock")
@@ -52,23 +61,6 @@ def load_model(checkpoint: Path) -> CnnClassifier:
     return module.eval()
 
 
-def read_run_file(path: Path) -> dict:
-    """train's record of its MLflow run: {"run_id", "tracking_uri", "unlogged"}."""
-    if not path.exists():
-        raise CnnpipeError(f"{path}: missing; rerun `dvc repro train` so evaluate knows the MLflow run")
-    try:
-        run = json.loads(path.read_text())
-        valid = isinstance(run["run_id"], str) and isinstance(run["tracking_uri"], str)
-        valid = valid and isinstance(run.get("unlogged", []), list)
-    except (ValueError, TypeError, KeyError):
-        valid = False
-    if not valid:
-        raise CnnpipeError(
-            f"{path}: not a cnnpipe run file (JSON with run_id, tracking_uri, unlogged); rerun `dvc repro train`"
-        )
-    return run
-
-
 @torch.inference_mode()
 def predict(module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int) -> Predictions:
     """Runs the whole split through the model in batches; uint8 [N, H, W, C] in, per-image predictions out."""
@@ -91,10 +83,24 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np
     return np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def evaluate(params: Params, where: EvaluatePaths = EvaluatePaths()) -> dict:
-    """Writes metrics/test.json and the plots, and logs them into the training's MLflow run.
+def test_metrics(result: Predictions, matrix: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """metrics/test.json, under the names MLflow shows (a `/` in a class name would nest its chart)."""
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    return {
+        "test/acc": float(matrix.trace() / matrix.sum()),
+        "test/loss": result.loss,
+        "test/count": int(matrix.sum()),
+        **{
+            metric_key(f"test/acc/{name.replace('/', '_')}"): float(acc)
+            for name, acc in zip(classes, per_class, strict=True)
+        },
+    }
 
-    The model, the store and the run are all checked before anything is computed; the outputs are
+
+def evaluate(params: Params, where: EvaluatePaths = EvaluatePaths()) -> dict:
+    """Writes metrics/test.json and the plots, and logs them into a new MLflow run under the training's.
+
+    The model, the store and the tracking store are all checked before anything is computed; the outputs are
     written only once all of them are ready, so a failed evaluation leaves the previous ones in place.
     """
     module = load_model(where.trained / "model.ckpt")
@@ -105,23 +111,28 @@ def evaluate(params: Params, where: EvaluatePaths = EvaluatePaths()) -> dict:
             f"{manifest.classes}; rerun `dvc repro` so train and evaluate see the same data"
         )
     run_file = where.trained / "run.json"
-    run_info = read_run_file(run_file)
-    run = open_run(run_info["tracking_uri"], run_info["run_id"], run_file)
+    record = RunRecord.read(run_file)
+    store = evaluation_store(record, run_file)
     test = splits["test"]
     result = predict(module, test.images, test.labels, params.evaluate.batch_size)
     matrix = confusion(result.labels, result.predicted, manifest.num_classes)
-    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
-    metrics = {
-        "accuracy": float(matrix.trace() / matrix.sum()),
-        "loss": result.loss,
-        "count": int(matrix.sum()),
-        "per_class": {name: float(acc) for name, acc in zip(manifest.classes, per_class, strict=True)},
-    }
+    metrics = test_metrics(result, matrix, manifest.classes)
     with replaced_files(where.plots) as staging:
         figures = _write_plots(staging, result, matrix, test.images, manifest.classes, params.evaluate.misclassified)
         write_atomically(where.metrics / "test.json", json.dumps(metrics, indent=2))
-    _log(run, run_info, metrics, [where.plots / figure.name for figure in figures])
-    console.print(f"Test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} on {metrics['count']} images")
+    if store.note:
+        print(f"warning: {store.note}", file=sys.stderr)
+    run = store.start()
+    try:
+        _log(run, params, store, metrics, [where.plots / figure.name for figure in figures], where.pulled)
+    except BaseException as exc:
+        run.end_after(exc)
+        raise
+    run.finish()
+    console.print(
+        f"Test accuracy {metrics['test/acc']:.4f}, loss {metrics['test/loss']:.4f} on {metrics['test/count']} images; "
+        f"MLflow run {run.run_id}"
+    )
     return metrics
 
 
@@ -148,12 +159,22 @@ def _write_plots(
     ]
 
 
-def _log(run: TrackedRun, run_info: dict, metrics: dict, figures: list[Path]) -> None:
-    per_class = {f"test/acc/{name}": value for name, value in metrics["per_class"].items()}
-    run.log_metrics({"test/accuracy": metrics["accuracy"], "test/loss": metrics["loss"], **per_class})
+def _log(
+    run: TrackedRun, params: Params, store: EvaluationStore, metrics: dict, figures: list[Path], pulled: Path
+) -> None:
+    record = store.record
+    run.log_params({"evaluate": params.evaluate.model_dump(mode="json")})
+    run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(pulled, ("test",))))
+    run.log_metrics(metrics)
     for figure in figures:
         run.log_artifact(figure, "evaluation")
     if LOCK_FILE.exists():  # under DVC: the hashes of every stage's deps and outs for this run
         run.log_artifact(LOCK_FILE)
-    run.report_unlogged(earlier=run_info.get("unlogged", []))  # what train could not log, if anything
-    run.finish()
+    if record.unlogged and store.training is not None:  # the training run learns what it is missing
+        TrackedRun(run.client, record.run_id, run.tracking_uri, list(record.unlogged)).report_unlogged()
+    if record.model_version is not None:
+        name, version, digest = record.registered_model, record.model_version, dvc_hash(pulled)
+        run.log_call(
+            f"champion alias of {name}",
+            lambda: console.print(registry.promote(run.client, name, version, metrics["test/acc"], digest)),
+        )

@@ -1,6 +1,7 @@
-"""Training: checks the network's shapes, then fits it with Lightning into one MLflow run.
+"""Training: checks the network's shapes, then fits it with Lightning, logged to one MLflow run.
 
-Rerunning after an interruption resumes from the last checkpoint into the same MLflow run.
+Rerunning after an interruption resumes from the last checkpoint into the same MLflow run. The stage's
+outputs are written at the end of fit (`Publish.on_fit_end`), before Lightning ends the run FINISHED.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -34,10 +34,14 @@ from cnnpipe.errors import CnnpipeError
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.module import CnnClassifier
-from cnnpipe.models.network import shape_table
+from cnnpipe.models.network import shape_table, widths
 from cnnpipe.outputs import replaced_atomically, write_atomically
+from cnnpipe.tracking import registry
+from cnnpipe.tracking.dataset import dataset_inputs, dvc_hash
+from cnnpipe.tracking.logger import MlflowRunLogger
 from cnnpipe.tracking.mlflow_model import log_model
-from cnnpipe.tracking.mlflow_run import TrackedRun, check_reachable, check_store, resolve_tracking_uri, start_run
+from cnnpipe.tracking.mlflow_run import TrackedRun, check_reachable, check_store, resolve_tracking_uri
+from cnnpipe.tracking.run_record import RunRecord
 
 console = Console()
 ERF_IMAGES = 32  # validation images the effective receptive field is averaged over
@@ -102,7 +106,13 @@ def describe(trainer: pl.Trainer) -> str:
     )
 
 
-def build_trainer(cfg: TrainConfig, checkpoints: Path, root: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
+def build_trainer(
+    cfg: TrainConfig,
+    checkpoints: Path,
+    root: Path,
+    callbacks: list[pl.Callback],
+    logger: pl.loggers.Logger | bool = False,
+) -> pl.Trainer:
     mode = "max" if cfg.monitor.endswith("acc") else "min"
     callbacks = [
         ModelCheckpoint(
@@ -135,7 +145,7 @@ def build_trainer(cfg: TrainConfig, checkpoints: Path, root: Path, callbacks: li
                 limit_train_batches=cfg.limit_train_batches,
                 limit_val_batches=cfg.limit_val_batches,
                 callbacks=callbacks,
-                logger=False,  # metrics go to MLflow through EpochHistory, once per epoch
+                logger=logger,
                 default_root_dir=root,  # where Lightning puts a SLURM preemption checkpoint
                 use_distributed_sampler=False,  # the datamodule's EpochSampler shards exactly, without padding
             )
@@ -170,21 +180,16 @@ def _log_model_description(run: TrackedRun, module: CnnClassifier, pulled: Path,
     return images
 
 
-def _open_run(params: Params, where: TrainPaths, resumed: resume.Resumption | None) -> TrackedRun:
-    """Runs on global rank 0 only, inside fit: every rank has decided whether to resume before this.
-
-    The old checkpoints stay until training really starts (resume.ClaimFolder), so a run that fails to
-    open, or a setting Lightning rejects after this, loses nothing.
-    """
-    run = start_run(params.mlflow, run_id=resumed.run_id if resumed else None)
-    if resumed:
-        console.print(f"Resuming from {resumed.checkpoint} into MLflow run {run.run_id}")
-        return run
-    run.log_params(params)
+def _start_record(params: Params, where: TrainPaths, module: CnnClassifier, run: TrackedRun) -> None:
+    """What a new run starts with: the params that train reads (evaluate's are its own run's), the network as
+    built, the data as an MLflow dataset, and the files behind them."""
+    run.log_params(params.model_dump(mode="json", by_alias=True, exclude={"evaluate"}))
+    run.log_params({"model.built_widths": ",".join(map(str, widths(module.network)))})
+    run.log_metrics({"parameters": sum(p.numel() for p in module.parameters())})
+    run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(where.pulled)))
     for path in (where.params_file, where.augmented / augmentation.PREVIEW_FILE):
         if path.exists():
             run.log_artifact(path)
-    return run
 
 
 def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
@@ -225,71 +230,104 @@ def train(params: Params, where: TrainPaths = TrainPaths()) -> dict[str, float]:
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
     resumed = resume.resumable(where.checkpoints, key, module)  # read-only: rank 0 writes once all ranks met
-    history = EpochHistory(where.checkpoints / HISTORY, partial(_open_run, params, where, resumed))
-    claim = resume.ClaimFolder(where.checkpoints, key, lambda: history.run, resumed is not None)
+    if resumed:
+        console.print(f"Resuming from {resumed.checkpoint} into MLflow run {resumed.run_id}")
+    logger = MlflowRunLogger(
+        params.mlflow,
+        resume_run_id=resumed.run_id if resumed else None,
+        on_open=lambda run: _start_record(params, where, module, run),
+    )
+    history = EpochHistory(where.checkpoints / HISTORY)
+    claim = resume.ClaimFolder(where.checkpoints, key, lambda: logger.run, resumed is not None)
+    publish = Publish(params, where, key, history)
     # state.json lives beside the checkpoints on purpose; Lightning's warning about a non-empty folder is noise.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     root = resume.preemption_dir(where.checkpoints, key)
-    trainer = build_trainer(params.train, where.checkpoints, root, [history, claim])
+    trainer = build_trainer(params.train, where.checkpoints, root, [history, claim, publish], logger)
     console.print(f"Lightning: {describe(trainer)}")
     if params.train.threads:  # only now: nothing of this process changes before every check has passed
         torch.set_num_threads(params.train.threads)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)
-    except SystemExit:  # Lightning turns Ctrl-C into exit code 1 after its own clean-up (EpochHistory: KILLED)
+    except SystemExit:  # Lightning turns Ctrl-C into exit code 1 after its own clean-up (the run: KILLED)
         if trainer.interrupted:
             console.print(f"Interrupted: rerun `dvc repro` to resume from {where.checkpoints / resume.LAST}")
             raise KeyboardInterrupt from None
         raise
-    if not trainer.is_global_zero:
-        return {}
-    try:
-        return _finish(params, where, key, history.run, module, history, describe(trainer))
-    except BaseException as exc:
-        history.run.end_after(exc)
-        raise
+    return publish.metrics
+
+
+class Publish(pl.Callback):
+    """The stage's outputs, written on global rank 0 once fit has succeeded and before Lightning ends the run:
+    a failure here ends it FAILED, and data/train is replaced whole only when everything is ready."""
+
+    def __init__(self, params: Params, where: TrainPaths, key: str, history: EpochHistory):
+        self.params, self.where, self.key, self.history = params, where, key, history
+        self.metrics: dict[str, float] = {}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.metrics = _finish(self.params, self.where, self.key, trainer, pl_module, self.history)
+
+
+def summary(rows: list[dict[str, float]], monitor: str) -> dict[str, float]:
+    """metrics/train.json, under the names MLflow shows: the best epoch by `monitor`, and the whole training."""
+    scored = [row for row in rows if monitor in row]
+    best = (max if monitor.endswith("acc") else min)(scored, key=lambda row: row[monitor])
+    return {
+        "best/val/acc": best["val/acc"],
+        "best/val/loss": best["val/loss"],
+        "best/epoch": best["epoch"],
+        "epochs": len(rows),
+        "train_time_s": sum(row["epoch_time"] for row in rows),
+        "mean/images_per_sec": sum(row["images_per_sec"] for row in rows) / len(rows),
+    }
+
+
+def _register(
+    params: Params, run: TrackedRun, module: CnnClassifier, examples: torch.Tensor, pulled: Path
+) -> str | None:
+    """Logs the model; registers it (see registry.should_register) with its description and provenance tags."""
+    name = params.mlflow.registered_model if registry.should_register(params.mlflow, params.train) else None
+    version = log_model(run, module, examples[:MODEL_EXAMPLES].numpy(), name)
+    if version is not None:
+        shape, digest = tuple(module.hparams.input_shape), dvc_hash(pulled)
+        run.log_call(
+            f"model version {version} description",
+            lambda: registry.describe_version(run.client, name, version, module.classes, shape, digest),
+        )
+    return version
 
 
 def _finish(
-    params: Params,
-    where: TrainPaths,
-    key: str,
-    run: TrackedRun,
-    module: CnnClassifier,
-    history: EpochHistory,
-    trainer: str,
+    params: Params, where: TrainPaths, key: str, trainer: pl.Trainer, module: CnnClassifier, history: EpochHistory
 ) -> dict[str, float]:
-    """The stage's outputs, written only now that training succeeded; data/train is replaced whole."""
-    monitor = params.train.monitor
-    scored = [row for row in history.rows if monitor in row]
-    best = (max if monitor.endswith("acc") else min)(scored, key=lambda row: row[monitor])
-    metrics = {
-        "val_acc": best["val/acc"],
-        "val_loss": best["val/loss"],
-        "best_epoch": best["epoch"],
-        "epochs": len(history.rows),
-        "train_time_s": sum(row["epoch_time"] for row in history.rows),
-        "images_per_sec": sum(row["images_per_sec"] for row in history.rows) / len(history.rows),
-        "parameters": sum(p.numel() for p in module.parameters()),
-    }
-    run.set_tag("cnnpipe.trainer", trainer)  # what ran: Lightning resolves `auto` by the hardware
+    """Writes data/train (model.ckpt, run.json, figures) and the metrics; logs the model and its description."""
+    run: TrackedRun = trainer.logger.run
+    metrics = summary(history.rows, params.train.monitor) | {"parameters": sum(p.numel() for p in module.parameters())}
+    run.log_metrics(metrics)
+    run.set_tag("cnnpipe.trainer", describe(trainer))  # what ran: Lightning resolves `auto` by the hardware
     with replaced_atomically(where.trained) as staging:
         shutil.copyfile(where.checkpoints / resume.BEST, staging / "model.ckpt")
         for name in (resume.BEST, resume.LAST):
             run.log_artifact(where.checkpoints / name, "checkpoints")
         run.log_artifact(plots.training_curves(history.rows, staging / "training_curves.png"))
         examples = _log_model_description(run, module, where.pulled, staging)
-        log_model(run, module, examples[:MODEL_EXAMPLES].numpy(), params.mlflow.registered_model)
-        run.log_metrics({f"best_{k}": v for k, v in metrics.items() if k in ("val_acc", "val_loss")})
-        # evaluate logs into the same run, and tells it what this stage could not log (a server gone away)
-        run_file = {"run_id": run.run_id, "tracking_uri": run.tracking_uri, "unlogged": run.unlogged}
-        (staging / "run.json").write_text(json.dumps(run_file, indent=2))
+        version = _register(params, run, module, examples, where.pulled)
+        RunRecord(
+            run.run_id,
+            params.mlflow.tracking_uri,  # as written: a relative store means the reader's own repository
+            params.mlflow.experiment,
+            run.unlogged,  # evaluate reports what this stage could not log (a server gone away)
+            params.mlflow.registered_model if version else None,
+            version,
+        ).write(staging / "run.json")
     write_atomically(where.metrics / "train.json", json.dumps(metrics, indent=2))
     write_atomically(where.metrics / HISTORY, (where.checkpoints / HISTORY).read_text())
     resume.ResumeState(key, run.run_id, run.tracking_uri, completed=True).write(where.checkpoints)
-    run.finish()
     console.print(
-        f"Best epoch {best['epoch']}: val/acc {best['val/acc']:.4f}, val/loss {best['val/loss']:.4f}; "
-        f"MLflow run {run.run_id}"
+        f"Best epoch {metrics['best/epoch']}: val/acc {metrics['best/val/acc']:.4f}, "
+        f"val/loss {metrics['best/val/loss']:.4f}; MLflow run {run.run_id}"
+        + (f", model {params.mlflow.registered_model} version {version}" if version else "")
     )
     return metrics

@@ -1,40 +1,26 @@
-"""Per-epoch history: a CSV that `dvc plots` reads and the same numbers in MLflow, epoch time and images/s included.
+"""Per-epoch history: a CSV that `dvc plots` reads, with epoch time, images/s and the learning rate beside the
+module's metrics; those three go to the Trainer's loggers too (the module's own reach them through Lightning).
 
 The rows live in the callback's state, which Lightning stores in every checkpoint, so a resumed training
-continues the history instead of starting a new one. The MLflow run is opened here, in `setup`, on global
-rank 0 only: however many processes DDP starts, there is one run.
+continues the history instead of starting a new one.
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
-from cnnpipe.tracking.mlflow_run import TrackedRun
-
 
 class EpochHistory(pl.Callback):
-    def __init__(self, csv_path: Path, open_run: Callable[[], TrackedRun] | None = None):
+    def __init__(self, csv_path: Path):
         self.csv_path = Path(csv_path)
-        self.open_run = open_run
-        self.run: TrackedRun | None = None
         self.rows: list[dict[str, float]] = []
         self._started = self._last_batch = 0.0
         self._images = 0
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.is_global_zero and self.open_run is not None and self.run is None:
-            self.run = self.open_run()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """A run that fails or is interrupted is ended as such in MLflow, never left RUNNING."""
-        if self.run is not None:
-            self.run.end_after(exception)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = self._last_batch = time.perf_counter()
@@ -58,10 +44,10 @@ class EpochHistory(pl.Callback):
         row["epoch_time"] = seconds
         row["images_per_sec"] = self._images * trainer.world_size / seconds
         self.rows.append(row)
+        for logger in trainer.loggers:  # rank 0 only, inside each logger
+            logger.log_metrics({key: row[key] for key in ("lr", "epoch_time", "images_per_sec")}, step=row["epoch"])
         if trainer.is_global_zero:
             self._write_csv()
-            if self.run is not None:
-                self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
     def _write_csv(self) -> None:
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,13 @@ def shape_table(plan: list[PlannedLayer], title: str = "Layer shapes") -> Table:
 
 def print_shapes(plan: list[PlannedLayer]) -> None:
     Console().print(shape_table(plan))
+
+
+def widths(network: nn.Module) -> list[int]:
+    """The widths actually built, in order: each conv's feature maps and each dense layer's units, head included
+    (model.width scales the configured ones; a preset has its own)."""
+    return [
+        module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        for module in network.modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+    ]

@@ -1,7 +1,8 @@
-"""One MLflow run per pipeline run: train opens it, evaluate logs into the same one.
+"""MLflow runs: one per training (opened by tracking.logger), and one per evaluation, a child of the training's.
 
-Uses MlflowClient with an explicit run id rather than mlflow's global "active run", so two stages (and
-later a resumed train stage) can address the same run without sharing process state.
+Uses MlflowClient with an explicit run id rather than mlflow's global "active run", so a stage (and a
+resumed training) addresses its run without sharing process state. A run's params are the ones that
+produced its metrics: evaluate logs its own params and test metrics into its own run, never the training's.
 
 A tracking server that goes away mid-training does not stop the training: every call that fails is
 recorded, the checkpoints stay on disk, and the run is told afterwards what it is missing.
@@ -9,6 +10,7 @@ recorded, the checkpoints stay on disk, and the run is told afterwards what it i
 
 from __future__ import annotations
 
+import getpass
 import os
 import platform
 import random
@@ -19,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +32,12 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from PIL import Image
+from pydantic import BaseModel
 
 import cnnpipe
-from cnnpipe.config import MlflowConfig, Params
+from cnnpipe.config import MlflowConfig
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.tracking import relocate
 
 # MLflow retries a failed request 7 times with exponential back-off (minutes per call); a training whose
 # server went away should lose seconds, not hours. Set these variables yourself to override.
@@ -63,8 +67,14 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     """Beside a SQLite database (mlruns/NAME), not in whatever folder the first run happened to start in."""
     if not uri.startswith(SQLITE):
         return None  # a server decides where artifacts go
-    folder = Path(uri.removeprefix(SQLITE)).parent / "mlruns" / re.sub(r"[^\w.-]", "_", experiment)
-    return folder.as_uri()
+    return (Path(uri.removeprefix(SQLITE)).parent / relocate.ARTIFACTS / relocate.folder_name(experiment)).as_uri()
+
+
+def follow_moved_store(uri: str, experiment: str) -> None:
+    """A copied or moved repository's SQLite store still names the old folder for its artifacts: it is pointed
+    at its own before a run opens (see relocate), and the console is told."""
+    if uri.startswith(SQLITE) and (moved := relocate.relocate_store(Path(uri.removeprefix(SQLITE)), experiment)):
+        print(f"note: {moved}", file=sys.stderr)
 
 
 def _health(uri: str, timeout: float) -> str | None:
@@ -108,7 +118,7 @@ def sqlite_problem(path: Path, create: bool) -> str | None:
     return None
 
 
-def _unusable(uri: str, exc: Exception | str) -> CnnpipeError:
+def unusable(uri: str, exc: Exception | str) -> CnnpipeError:
     reason = " ".join(str(exc).split())[:200]
     return CnnpipeError(
         f"mlflow.tracking_uri: cannot use the tracking store {uri} ({reason}); valid: sqlite:///FILE.db, "
@@ -126,11 +136,11 @@ def check_store(cfg: MlflowConfig) -> None:
     uri = resolve_tracking_uri(cfg.tracking_uri)
     check_reachable(uri)
     if uri.startswith(SQLITE) and (problem := sqlite_problem(Path(uri.removeprefix(SQLITE)), create=True)):
-        raise _unusable(uri, problem)
+        raise unusable(uri, problem)
     try:
         experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(cfg.experiment)
     except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy's and OS errors all mean "unusable"
-        raise _unusable(uri, exc) from None
+        raise unusable(uri, exc) from None
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         raise _deleted(cfg.experiment)
 
@@ -178,11 +188,31 @@ def data_hashes(lock_file: Path = Path("dvc.lock")) -> str | None:
     return " ".join(f"{out['path']}:{out.get('md5', '?')}" for out in outs) or None
 
 
-def run_tags() -> dict[str, str]:
-    tags = {"cnnpipe.version": cnnpipe.__version__, "host": platform.node()}
+def _remote() -> str | None:
+    """The git remote the code comes from, without the credentials of an https://user:token@ address."""
+    remote = _git("config", "--get", "remote.origin.url")
+    return re.sub(r"//[^/@]+@", "//", remote) if remote else None
+
+
+def run_tags(entry_point: str) -> dict[str, str]:
+    """What the MLflow UI shows as Source and "Created by", the code's commit, and cnnpipe's own provenance."""
+    tags = {
+        "cnnpipe.version": cnnpipe.__version__,
+        "cnnpipe.stage": entry_point,
+        "host": platform.node(),
+        "mlflow.user": getpass.getuser(),
+        "mlflow.source.type": "PROJECT",
+        # where the code lives, never a path of this machine: the remote, else the repository's folder name
+        "mlflow.source.name": _remote() or Path(_git("rev-parse", "--show-toplevel") or Path.cwd()).name,
+        "mlflow.project.entryPoint": entry_point,  # the DVC stage: `dvc repro <entry point>` reruns it
+    }
     if commit := _git("rev-parse", "HEAD"):
         tags["mlflow.source.git.commit"] = commit
         tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
+    if branch := _git("rev-parse", "--abbrev-ref", "HEAD"):
+        tags["mlflow.source.git.branch"] = branch
+    if remote := _remote():
+        tags["mlflow.source.git.repoURL"] = remote
     if experiment := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = experiment
     if hashes := data_hashes():
@@ -214,8 +244,11 @@ class TrackedRun:
             return False
         return True
 
-    def log_params(self, params: Params) -> None:
-        flat = flatten(params.model_dump(mode="json", by_alias=True))
+    def log_params(self, params: BaseModel | Mapping[str, Any]) -> None:
+        """Flattened to dotted keys (model.layers.0.out), as the params file names them."""
+        if isinstance(params, BaseModel):
+            params = params.model_dump(mode="json", by_alias=True)
+        flat = flatten(dict(params))
         # MLflow rejects longer values; the full params.yaml is logged as an artifact next to them.
         entries = [Param(key, value[:MAX_PARAM_VAL_LENGTH]) for key, value in sorted(flat.items())]
         for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
@@ -239,9 +272,6 @@ class TrackedRun:
         with Image.open(path) as image:
             self.client.log_image(self.run_id, image.convert("RGB"), key=path.stem, step=0)
 
-    def log_text(self, text: str, name: str) -> None:
-        self._try(f"artifact {name}", lambda: self.client.log_text(self.run_id, text, name))
-
     def set_tag(self, key: str, value: str) -> None:
         self._try(f"tag {key}", lambda: self.client.set_tag(self.run_id, key, value))
 
@@ -249,9 +279,9 @@ class TrackedRun:
         """Any other tracking call (the model, the registry) with the same failure handling."""
         return self._try(what, call)
 
-    def report_unlogged(self, earlier: list[str] = ()) -> None:
+    def report_unlogged(self) -> None:
         """Tells the run (when it can be reached) and the console what never got logged."""
-        missing = [*earlier, *self.unlogged]
+        missing = list(self.unlogged)
         if not missing:
             return
         print(
@@ -269,7 +299,7 @@ class TrackedRun:
         self.report_unlogged()
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def experiment_id_for(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name, _artifact_location(client.tracking_uri, name))
@@ -279,50 +309,30 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def start_run(cfg: MlflowConfig, run_id: str | None = None) -> TrackedRun:
-    """Opens a new run, or reopens `run_id` (a resumed training) so its history continues."""
+    """Opens a new training run, or reopens `run_id` (a resumed training) so its history continues."""
     uri = resolve_tracking_uri(cfg.tracking_uri)
     check_reachable(uri)
+    follow_moved_store(uri, cfg.experiment)
     try:
         client = MlflowClient(tracking_uri=uri)
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             return TrackedRun(client, run_id, uri)
-        experiment_id = _experiment_id(client, cfg.experiment)
-        run = _create_run(client, experiment_id, cfg.run_name or os.environ.get("DVC_EXP_NAME"))
+        experiment_id = experiment_id_for(client, cfg.experiment)
+        run = create_run(client, experiment_id, cfg.run_name or os.environ.get("DVC_EXP_NAME"), run_tags("train"))
     except CnnpipeError:
         raise
     except Exception as exc:  # noqa: BLE001 - the store broke after check_store: still one line
-        raise _unusable(uri, exc) from None
+        raise unusable(uri, exc) from None
     return TrackedRun(client, run.info.run_id, uri)
 
 
-def _create_run(client: MlflowClient, experiment_id: str, run_name: str | None) -> Run:
+def create_run(client: MlflowClient, experiment_id: str, run_name: str | None, tags: dict[str, str]) -> Run:
     """MLflow draws generated run names from the global `random`, which the training's seed_everything has
     seeded: every run would get the same name. Draw it from fresh entropy, then give training its state back."""
     state = random.getstate()
     random.seed()
     try:
-        return client.create_run(experiment_id, run_name=run_name, tags=run_tags())
+        return client.create_run(experiment_id, run_name=run_name, tags=tags)
     finally:
         random.setstate(state)
-
-
-def _run_problem(uri: str, run_id: str) -> str | None:
-    """Why the run cannot be opened in the store at `uri` (which must exist already), or None."""
-    if uri.startswith(SQLITE) and (problem := sqlite_problem(Path(uri.removeprefix(SQLITE)), create=False)):
-        return problem
-    try:
-        MlflowClient(tracking_uri=uri).get_run(run_id)
-    except Exception as exc:  # noqa: BLE001 - not found, not a database, a server error: all unusable
-        return " ".join(str(exc).split())[:160]
-    return None
-
-
-def open_run(tracking_uri: str, run_id: str, source: Path) -> TrackedRun:
-    """The run that the train stage created (named in `source`, its run.json), for evaluate to log into."""
-    check_reachable(tracking_uri)
-    if reason := _run_problem(tracking_uri, run_id):
-        raise CnnpipeError(
-            f"{source}: MLflow run {run_id} cannot be opened at {tracking_uri} ({reason}); rerun `dvc repro train`"
-        )
-    return TrackedRun(MlflowClient(tracking_uri=tracking_uri), run_id, tracking_uri)

@@ -1,0 +1,91 @@
+"""The MLflow run of a training, as a Lightning `Logger` passed to `Trainer(logger=...)`.
+
+Lightning opens it on global rank 0 when fit sets up (`experiment`), sends it the epoch metrics the module
+logs, and ends it in `finalize`: FINISHED after a successful fit (the end-of-training outputs are written in
+`on_fit_end`, before that), FAILED when fit raised, KILLED on Ctrl-C. However many processes DDP starts and
+however often a training resumes, there is one run: a resumed training reopens the run it started.
+Every tracking call goes through `TrackedRun`, so a tracking server that goes away never stops the training.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from cnnpipe.config import MlflowConfig
+from cnnpipe.tracking.mlflow_run import TrackedRun, flatten, start_run
+from cnnpipe.tracking.system_metrics import SystemMetrics
+
+STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
+
+
+class MlflowRunLogger(Logger):
+    def __init__(
+        self,
+        cfg: MlflowConfig,
+        resume_run_id: str | None = None,
+        on_open: Callable[[TrackedRun], None] | None = None,
+    ):
+        """`on_open` logs what a new run starts with (params, data); a resumed run has it already."""
+        super().__init__()
+        self.cfg = cfg
+        self.resume_run_id = resume_run_id
+        self.on_open = on_open
+        self._run: TrackedRun | None = None
+        self._monitor: SystemMetrics | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.experiment
+
+    @property
+    def version(self) -> str | None:
+        return self._run.run_id if self._run else None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> TrackedRun:
+        """The run, opened at the first use: inside fit, after every check before it has passed."""
+        if self._run is None:
+            self._run = start_run(self.cfg, run_id=self.resume_run_id)
+            if self.cfg.system_metrics:
+                self._monitor = SystemMetrics(self._run.run_id, self._run.tracking_uri, gpu=torch.cuda.is_available())
+                self._monitor.start()
+            if self.resume_run_id is None and self.on_open is not None:
+                self.on_open(self._run)
+        return self._run
+
+    @property
+    def run(self) -> TrackedRun:
+        return self.experiment
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Mapping[str, Any] | BaseModel, *args: Any, **kwargs: Any) -> None:
+        """Params flattened to dotted keys (model.layers.0.out), as the params file names them."""
+        if isinstance(params, BaseModel):
+            params = params.model_dump(mode="json", by_alias=True)
+        self.experiment.log_params(flatten(dict(params)))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Lightning adds `epoch` to what the module logs per epoch: that is the step, as in the history CSV."""
+        metrics = {key: float(value) for key, value in metrics.items()}
+        epoch = metrics.pop("epoch", None)
+        self.experiment.log_metrics(metrics, step=int(epoch) if epoch is not None else step or 0)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._run is None:
+            return  # fit failed before the run opened: nothing to end
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+        # Lightning says "failed" for Ctrl-C too; it calls this while handling the KeyboardInterrupt.
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        self._run.finish("KILLED" if interrupted else STATUS.get(status, "FAILED"))

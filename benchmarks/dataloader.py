@@ -15,11 +15,11 @@ import time
 import numpy as np
 import torch
 
-from cnnpipe import paths
 from cnnpipe.config import load_params
 from cnnpipe.data import augmentation
 from cnnpipe.data.datamodule import ImageDataModule, ImageDataset, to_model_input
-from cnnpipe.training import build_module
+from cnnpipe.paths import Paths
+from cnnpipe.stages.train import build_module
 
 
 class PerImageSeeding(ImageDataset):
@@ -59,10 +59,9 @@ def main() -> None:
             ("per-image seeding", True, PerImageSeeding),
         ):
             datamodule = ImageDataModule(
-                paths.PULLED,
-                paths.AUGMENTED,
+                Paths().pulled,
+                Paths().augmented,
                 params.train.batch_size,
-                params.evaluate.batch_size,
                 workers,
                 params.seed,
                 online,

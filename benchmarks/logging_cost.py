@@ -16,11 +16,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from cnnpipe import paths
 from cnnpipe.config import load_params
 from cnnpipe.data.store import load_manifest
+from cnnpipe.paths import Paths
+from cnnpipe.stages import train
 from cnnpipe.tracking import mlflow_run
-from cnnpipe.training import TrainPaths, train
 
 
 def timed_tracking() -> tuple[dict[str, float], dict[str, float]]:
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri", help="default: a fresh SQLite store in a temporary folder")
     args = parser.parse_args()
     params = load_params()
-    images_per_epoch = load_manifest(paths.PULLED).counts["train"]
+    images_per_epoch = load_manifest(Paths().pulled).counts["train"]
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         uri = args.tracking_uri or f"sqlite:///{root}/mlflow.db"
@@ -64,9 +64,9 @@ def main() -> None:
             }
         )
         spent, end_calls = timed_tracking()
-        where = TrainPaths(checkpoints=root / "ckpt", trained=root / "train", metrics=root / "metrics")
+        where = Paths(checkpoints=root / "ckpt", trained=root / "train", metrics=root / "metrics")
         started = time.perf_counter()
-        metrics = train(short, where)
+        metrics = train.run(short, where)
         total = time.perf_counter() - started
 
     fit = metrics["train_time_s"]  # training batches only, as EpochHistory measures them

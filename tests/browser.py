@@ -95,34 +95,6 @@ def _run(
     return result
 
 
-def screenshot(
-    url: str,
-    path: Path,
-    *,
-    window: tuple[int, int] = (1600, 1000),
-    virtual_time_ms: int = VIRTUAL_TIME_MS,
-    timeout: float = 120,
-) -> Path:
-    """A PNG of `url` as a `window`-sized browser shows it once the page has rendered."""
-    path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    _run(ensure_chromium(), url, [f"--screenshot={path}"], virtual_time_ms, window, timeout)
-    assert path.is_file() and path.stat().st_size > 0, f"chromium wrote no screenshot of {url}"
-    return path
-
-
-def dump_dom(
-    url: str,
-    *,
-    window: tuple[int, int] = (1600, 1000),
-    virtual_time_ms: int = VIRTUAL_TIME_MS,
-    timeout: float = 120,
-) -> str:
-    """The rendered DOM (HTML) of `url` once the page's scripts have run."""
-    return _run(ensure_chromium(), url, ["--dump-dom"], virtual_time_ms, window, timeout).stdout
-
-
 def capture(
     url: str,
     path: Path,
@@ -145,8 +117,3 @@ def visible_text(html: str) -> str:
     html = re.sub(r"(?is)<(script|style|svg)\b.*?</\1>", " ", html)
     text = html_lib.unescape(re.sub(r"(?s)<[^>]+>", " ", html))
     return re.sub(r"\s+", " ", text).strip()
-
-
-def page_text(url: str, **kwargs) -> str:
-    """The visible text of `url` after rendering."""
-    return visible_text(dump_dom(url, **kwargs))

@@ -8,6 +8,7 @@ from cnnpipe.config import AugmentConfig, parse_params
 from cnnpipe.data import augmentation
 from cnnpipe.data.store import Split, save_store
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.paths import Paths
 from cnnpipe.stages import augment
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (300, 12, 12, 1), dtype=np.uint8)
@@ -137,7 +138,7 @@ def test_augment_stage_outputs_and_a_bad_transform_keeps_them(tmp_path, raw_para
     split = Split(rng.integers(0, 256, (64, 12, 12, 1), dtype=np.uint8), rng.integers(0, 2, 64))
     save_store(tmp_path / "pulled", {"train": split, "val": split, "test": split}, ["a", "b"], "x", 0, 0.1)
     raw_params["augment"].update(copies=2, preview=4, transforms=[{"HorizontalFlip": {"p": 0.5}}])
-    augment.run(parse_params(raw_params), pulled=tmp_path / "pulled", out=tmp_path / "augmented")
+    augment.run(parse_params(raw_params), Paths(pulled=tmp_path / "pulled", augmented=tmp_path / "augmented"))
     out = tmp_path / "augmented"
     assert {p.name for p in out.iterdir()} == {
         "pipeline.json",
@@ -158,6 +159,6 @@ def test_augment_stage_outputs_and_a_bad_transform_keeps_them(tmp_path, raw_para
     ):
         raw_params["augment"]["transforms"] = transforms
         with pytest.raises(CnnpipeError, match=error):
-            augment.run(parse_params(raw_params), pulled=tmp_path / "pulled", out=out)
+            augment.run(parse_params(raw_params), Paths(pulled=tmp_path / "pulled", augmented=out))
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["augmented", "pulled"]

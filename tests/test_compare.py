@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from cnnpipe.tracking.compare import PARENT_TAG, STAGE_TAG, compare
-from tests.conftest import run_cnnpipe
+from tests.helpers import run_cnnpipe
 
 # name, lr, optimizer, width, test accuracy (None: never evaluated)
 SWEEP = (

@@ -6,7 +6,7 @@ import pytest
 
 from cnnpipe.config import load_params, parse_params
 from cnnpipe.errors import CnnpipeError
-from tests.conftest import REPO, write_params
+from tests.helpers import REPO, write_params
 
 
 def test_repository_params_are_valid():

@@ -11,6 +11,7 @@ from cnnpipe.data import augmentation
 from cnnpipe.data.datamodule import ImageDataModule
 from cnnpipe.data.store import Split, save_store
 from cnnpipe.errors import CnnpipeError
+from tests.helpers import quiet_trainer
 
 
 class Recorder(pl.LightningModule):
@@ -50,7 +51,6 @@ def datamodule(tmp_path, workers=0, seed=1, online=True) -> ImageDataModule:
         tmp_path / "pulled",
         tmp_path / "augmented",
         batch_size=16,
-        eval_batch_size=32,
         num_workers=workers,
         seed=seed,
         online=online,
@@ -59,17 +59,7 @@ def datamodule(tmp_path, workers=0, seed=1, online=True) -> ImageDataModule:
 
 def record(tmp_path, workers=0, seed=1, online=True):
     module = Recorder()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        limit_train_batches=3,
-        limit_val_batches=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0, use_distributed_sampler=False)
     trainer.fit(module, datamodule=datamodule(tmp_path, workers, seed, online))
     return module.batches
 
@@ -170,17 +160,12 @@ class RankRecorder(Recorder):
 
 def record_two_ranks(tmp_path, folder):
     folder.mkdir()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=3,
         limit_val_batches=0,
-        accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",  # in-process launch: a test cannot re-run pytest as Lightning's `ddp` would
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
     )
     trainer.fit(RankRecorder(folder), datamodule=datamodule(tmp_path))

@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from cnnpipe.config import parse_params
 from cnnpipe.data.store import load_manifest
+from cnnpipe.paths import Paths
 from cnnpipe.stages import pull
 from cnnpipe.tracking.dataset import DvcDatasetSource, dataset_inputs, dvc_hash
-from tests.conftest import sh, write_params
+from tests.helpers import sh, write_params
 from tests.images import make_image_folder
 
 
@@ -64,7 +65,7 @@ def test_dvc_hash_is_what_dvc_records_in_dvc_lock_and_dvc_files(tmp_path, raw_pa
 def test_dataset_inputs_round_trip_through_a_sqlite_tracking_store(tmp_path, raw_params, monkeypatch):
     make_image_folder(tmp_path / "pets", classes=("cat", "dog", "emu"), per_class=8)
     monkeypatch.chdir(tmp_path)  # a stage's working directory: data/pulled is relative to it
-    manifest = pull.run(parse_params(imagefolder_params(raw_params, tmp_path / "pets")), out=Path("data/pulled"))
+    manifest = pull.run(parse_params(imagefolder_params(raw_params, tmp_path / "pets")), Paths())
     pulled = tmp_path / "data/pulled"  # given absolute: the logged path is still the relative one
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

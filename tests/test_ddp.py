@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnpipe.analysis.predictions import predict
 from cnnpipe.data.store import load_store
-from cnnpipe.evaluation import load_model, predict
-from tests.conftest import BIN, dvc_repo, run_cnnpipe, sh, small_run_params, write_params
+from cnnpipe.models.module import load_model
+from tests.helpers import BIN, dvc_repo, run_cnnpipe, sh, small_run_params, write_params
 from tests.mlflow_server import free_port
 
 pytestmark = pytest.mark.e2e

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, write_params
 from tests.faults import refused_and_kept, run
+from tests.helpers import REPO, write_params
 
 KERNELS = ("kernels", "data/img.png", "--kernel", "sobel_x")
 COMPARE = ("compare", "--experiment", "sweep")

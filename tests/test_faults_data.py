@@ -21,8 +21,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, write_params
 from tests.faults import invoke, refused_and_kept
+from tests.helpers import REPO, write_params
 from tests.images import bomb_png, make_archive, make_image_folder, patch_zip_member, zip_bomb
 
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import dvc_repo, run_cnnpipe, sh, small_run_params, write_params
 from tests.faults import assert_kept, mlflow_runs, refused_and_kept, report, run, snapshot
+from tests.helpers import dvc_repo, run_cnnpipe, sh, small_run_params, write_params
 
 
 @pytest.fixture(scope="module")

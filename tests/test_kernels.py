@@ -9,7 +9,7 @@ from cnnpipe.analysis.kernels import KERNELS, filter_image, read_greyscale, writ
 from cnnpipe.config import TrainConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.module import CnnClassifier
-from tests.conftest import run_cnnpipe
+from tests.helpers import run_cnnpipe
 
 LECTURE_IMAGE = np.array(
     [[10, 10, 10, 0, 0], [0, 10, 10, 10, 0], [0, 0, 10, 10, 10], [0, 0, 10, 10, 0], [0, 10, 10, 0, 0]]

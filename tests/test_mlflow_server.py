@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_cnnpipe, small_run_params, write_params
+from tests.helpers import run_cnnpipe, small_run_params, write_params
 from tests.mlflow_server import MlflowServer, free_port
 
 

@@ -1,12 +1,12 @@
 """The LightningModule: heads, losses and optimisers, trained for real on tiny tensors."""
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnpipe.config import TrainConfig
 from cnnpipe.models.module import CnnClassifier
+from tests.helpers import quiet_trainer
 
 LAYERS = [{"type": "conv", "out": 4, "kernel": 3, "padding": 1}, {"type": "relu"}, {"type": "maxpool"}]
 
@@ -46,6 +46,14 @@ def test_many_classes_use_softmax_cross_entropy_and_label_smoothing_in_training_
     assert torch.allclose(module.probabilities(logits).sum(dim=1), torch.ones(6))
 
 
+def bright_row_images(count: int, classes: int, channels: int) -> TensorDataset:
+    """Random images whose class is a bright row in the first channel: learnable in a few epochs."""
+    images = torch.rand(count, channels, 8, 8)
+    labels = torch.arange(count) % classes
+    images[torch.arange(count), 0, labels * 2] += 2.0
+    return TensorDataset(images, labels)
+
+
 @pytest.mark.parametrize(
     ("optimizer", "scheduler", "classes", "channels_last"),
     [
@@ -58,24 +66,18 @@ def test_many_classes_use_softmax_cross_entropy_and_label_smoothing_in_training_
 def test_training_reduces_the_loss(optimizer, scheduler, classes, channels_last):
     torch.manual_seed(0)
     channels = 3  # NHWC and NCHW strides differ only with more than one channel
-    images = torch.rand(64, channels, 8, 8)
-    labels = torch.arange(64) % classes
-    images[torch.arange(64), 0, labels * 2] += 2.0  # the class is a bright row: learnable in a few epochs
-    loader = DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True)
+    train, held_out = bright_row_images(64, classes, channels), bright_row_images(64, classes, channels)
+    train_loader = DataLoader(train, batch_size=16, shuffle=True)
+    held_out_loader = DataLoader(held_out, batch_size=32)  # validation: images the model never trains on
     module = classifier(
         classes, channels, optimizer=optimizer, scheduler=scheduler, lr=0.05, channels_last=channels_last
     )
-    trainer = pl.Trainer(
-        max_epochs=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader, loader)
-    metrics = trainer.callback_metrics
-    assert metrics["val/acc"] > 0.9
-    assert metrics["train/loss"] < 0.5
+    # no_grad, not inference_mode: inference tensors left in the metrics would break fit's own validation
+    trainer = quiet_trainer(max_epochs=8, inference_mode=False)
+    (untrained,) = trainer.validate(module, held_out_loader, verbose=False)
+    trainer.fit(module, train_loader, held_out_loader)
+    trained = trainer.callback_metrics
+    assert trained["val/loss"] < 0.5 * untrained["val/loss"]  # on the held-out images, before and after
+    assert trained["val/acc"] > 0.9
     conv = module.network.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import sh
+from tests.helpers import sh
 
 pytestmark = pytest.mark.e2e
 

@@ -3,27 +3,16 @@
 import json
 
 import pytest
-import yaml
 
 from cnnpipe.config import parse_params
 from cnnpipe.errors import CnnpipeError
-from tests.conftest import REPO, run_cnnpipe, small_run_params, write_params
-
-
-@pytest.fixture(scope="module")
-def pulled(tmp_path_factory):
-    """Pulled and augmented data, shared by the presets (each then trains in its own folder)."""
-    root = tmp_path_factory.mktemp("presets")
-    raw = small_run_params(yaml.safe_load((REPO / "params.yaml").read_text()), root)
-    write_params(root / "params.yaml", raw)
-    run_cnnpipe("pull", cwd=root)
-    run_cnnpipe("augment", cwd=root)
-    return root, raw
+from tests.helpers import run_cnnpipe, small_run_params, write_params
 
 
 @pytest.mark.parametrize("preset", ["lecture", "lenet5", "vgg-small", "resnet-small", "torchvision:resnet18"])
-def test_preset_trains_in_the_train_stage(pulled, preset):
-    root, raw = pulled
+def test_preset_trains_in_the_train_stage(workdir, raw_params, preset):
+    """Each preset in its own folder, from the data the session's `prepared_data` pulled and augmented once."""
+    root, raw = workdir, small_run_params(raw_params, workdir)
     raw = {
         **raw,
         "model": {"preset": preset, "layers": []},
@@ -35,7 +24,7 @@ def test_preset_trains_in_the_train_stage(pulled, preset):
     assert metrics["epochs"] == 1 and metrics["parameters"] > 0
     if preset == "resnet-small":  # a module preset reloads from its checkpoint alone
         run_cnnpipe("evaluate", cwd=root)
-        assert json.loads((root / "metrics/test.json").read_text())["count"] == 3000
+        assert json.loads((root / "metrics/test.json").read_text())["test/count"] == 3000
 
 
 def test_unknown_or_unfitting_presets_are_clear_errors(raw_params, tmp_path):

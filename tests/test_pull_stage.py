@@ -6,6 +6,7 @@ import pytest
 from cnnpipe.config import parse_params
 from cnnpipe.data.store import load_store
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.paths import Paths
 from cnnpipe.stages import pull
 from tests.images import MIXED, make_image_folder
 
@@ -18,7 +19,7 @@ def imagefolder_params(raw_params, folder, seed=42, **data):
 
 def test_pull_fashion_mnist_subset_and_a_failed_pull_keeps_the_old_store(tmp_path, raw_params, capsys):
     raw_params["data"].update(classes=["Sandal", "Sneaker", "Ankle boot"], cache_dir=str(tmp_path / "cache"))
-    manifest = pull.run(parse_params(raw_params), out=tmp_path / "pulled")
+    manifest = pull.run(parse_params(raw_params), Paths(pulled=tmp_path / "pulled"))
     assert manifest.classes == ["Sandal", "Sneaker", "Ankle boot"] and manifest.shape == (1, 28, 28)
     assert manifest.counts == {"train": 16200, "val": 1800, "test": 3000}
     assert manifest.class_counts["val"] == [600, 600, 600]  # stratified
@@ -30,7 +31,7 @@ def test_pull_fashion_mnist_subset_and_a_failed_pull_keeps_the_old_store(tmp_pat
 
     raw_params["data"]["classes"] = ["Sandals"]
     with pytest.raises(CnnpipeError, match="data.classes: unknown class 'Sandals'"):
-        pull.run(parse_params(raw_params), out=tmp_path / "pulled")
+        pull.run(parse_params(raw_params), Paths(pulled=tmp_path / "pulled"))
     assert (tmp_path / "pulled/manifest.json").read_text() == before
     assert load_store(tmp_path / "pulled", verify=True)[0] == manifest
 
@@ -38,15 +39,15 @@ def test_pull_fashion_mnist_subset_and_a_failed_pull_keeps_the_old_store(tmp_pat
 def test_pull_imagefolder_is_seeded_and_stratified(tmp_path, raw_params):
     folder = make_image_folder(tmp_path / "pets", classes=("cat", "dog", "emu"), per_class=20, fmt=MIXED)
     params = imagefolder_params(raw_params, folder, image_size=[8, 6])
-    manifest = pull.run(params, out=tmp_path / "a")
+    manifest = pull.run(params, Paths(pulled=tmp_path / "a"))
     assert manifest.source == "imagefolder" and manifest.shape == (3, 8, 6)
     assert manifest.class_counts == {"train": [12, 12, 12], "val": [4, 4, 4], "test": [4, 4, 4]}
-    pull.run(params, out=tmp_path / "b")
+    pull.run(params, Paths(pulled=tmp_path / "b"))
     (_, first), (_, same) = load_store(tmp_path / "a"), load_store(tmp_path / "b")
     for split in ("train", "val", "test"):
         assert np.array_equal(first[split].images, same[split].images)
         assert np.array_equal(first[split].labels, same[split].labels)
-    pull.run(imagefolder_params(raw_params, folder, seed=7, image_size=[8, 6]), out=tmp_path / "c")
+    pull.run(imagefolder_params(raw_params, folder, seed=7, image_size=[8, 6]), Paths(pulled=tmp_path / "c"))
     _, other = load_store(tmp_path / "c")
     assert not np.array_equal(first["val"].images, other["val"].images)
     assert other["val"].labels.tolist().count(2) == 4  # still stratified

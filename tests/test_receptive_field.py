@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnpipe.analysis.receptive_field import receptive_fields, to_json
+from cnnpipe.analysis.receptive_field import receptive_fields
+from cnnpipe.analysis.report import to_json
 
 
 def gradient_twin(network: nn.Sequential) -> nn.Sequential:

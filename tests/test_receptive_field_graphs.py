@@ -180,7 +180,7 @@ def test_an_unknown_function_names_the_module_type():
 
 
 def test_cli_prints_the_documented_json_and_a_table(tmp_path):
-    from tests.conftest import REPO, run_cnnpipe
+    from tests.helpers import REPO, run_cnnpipe
 
     result = run_cnnpipe(
         "--params", str(REPO / "params.yaml"), "rf", "params", "--input", "1,28,28", "--json", cwd=tmp_path

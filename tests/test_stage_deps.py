@@ -54,6 +54,8 @@ def test_every_module_a_stage_runs_is_a_dependency(stage):
     assert f"src/cnnpipe/stages/{stage}.py" in run
     missing = sorted(path for path in run if not _covered(path, deps))
     assert not missing, f"dvc.yaml: stage {stage} runs {missing} but does not list them in its deps"
+    unused = sorted(dep for dep in deps if dep.startswith("src/") and not any(_covered(path, [dep]) for path in run))
+    assert not unused, f"dvc.yaml: stage {stage} lists {unused}, which it never runs: editing them reruns it needlessly"
 
 
 def test_the_search_follows_imports_inside_functions():

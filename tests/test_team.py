@@ -9,7 +9,7 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import sh
+from tests.helpers import sh
 
 pytestmark = pytest.mark.e2e
 

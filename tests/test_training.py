@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnnpipe.tracking.dataset import dvc_hash
-from tests.conftest import run_cnnpipe, small_run_params, write_params
+from tests.helpers import run_cnnpipe, small_run_params, write_params
 
 
 def mlflow_runs(root, stage="train"):
@@ -112,11 +112,13 @@ def test_an_evaluate_only_rerun_is_a_new_child_run_and_the_training_run_is_untou
 def test_registered_model_answers_mlflow_models_predict_at_champion(workdir, raw_params):
     raw = small_run_params(raw_params, workdir)
     raw["mlflow"]["register_model"] = "always"
-    write_params(workdir / "params.yaml", raw)
-    run_cnnpipe("train", cwd=workdir)
-    run_cnnpipe("evaluate", cwd=workdir)
+    write_params(workdir / "team.yaml", raw)  # another params file: the one read is the one logged
+    run_cnnpipe("--params", "team.yaml", "train", cwd=workdir)
+    run_cnnpipe("--params", "team.yaml", "evaluate", cwd=workdir)
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     version = client.get_model_version_by_alias("cnnpipe", "champion")
+    artifacts = {artifact.path for artifact in client.list_artifacts(version.run_id)}
+    assert "team.yaml" in artifacts and "params.yaml" not in artifacts
     assert str(version.version) == "1" and float(version.tags["test.acc"]) > 0.8
     assert version.tags["data.digest"].endswith(".dir") and "Trouser, Bag, Sneaker" in version.description
     assert "[N, C, H, W]" in client.get_registered_model("cnnpipe").description

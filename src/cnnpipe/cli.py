@@ -10,8 +10,6 @@ import importlib
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from cnnpipe.config import DEFAULT_PARAMS, load_params
 from cnnpipe.errors import CnnpipeError
 
@@ -58,23 +56,25 @@ def _check(args: argparse.Namespace) -> None:
     """Validates params.yaml as train would (network, Lightning settings, tracking store) and prints each
     layer's [C, H, W] for the pulled data (or --input)."""
     params = load_params(args.params)
-    from cnnpipe.models.network import build_model_network, print_shapes
-    from cnnpipe.training import preflight
+    from cnnpipe.console import console
+    from cnnpipe.models.network import build_model_network, shape_table
+    from cnnpipe.stages.train import preflight
 
     shape, classes = _data_shape(args)
     plan, network = build_model_network(params.model, shape, classes, [0.0] * shape[0], [1.0] * shape[0])
     if plan is not None:
-        print_shapes(plan)
+        console.print(shape_table(plan))
     else:
         parameters = sum(p.numel() for p in network.parameters())
-        Console().print(f"model.preset {params.model.preset}: {parameters} parameters, input {list(shape)}")
+        console.print(f"model.preset {params.model.preset}: {parameters} parameters, input {list(shape)}")
     preflight(params)
-    Console().print(f"{args.params}: valid")
+    console.print(f"{args.params}: valid")
 
 
 def _rf(args: argparse.Namespace) -> None:
     """Receptive field, jump and start of every layer of MODEL: params, a preset or torchvision:NAME."""
-    from cnnpipe.analysis import models, receptive_field
+    from cnnpipe.analysis import models, receptive_field, report
+    from cnnpipe.console import console
 
     if args.model == "params":
         params = load_params(args.params)
@@ -83,14 +83,15 @@ def _rf(args: argparse.Namespace) -> None:
         params, shape, classes = None, args.input or models.default_shape(args.model), args.classes
     layers = receptive_field.receptive_fields(models.network(args.model, params, shape, classes), shape)
     if args.json:
-        print(receptive_field.to_json(layers, shape))
+        print(report.to_json(layers, shape))
     else:
-        Console().print(receptive_field.to_table(layers, title=f"Receptive field of {args.model}, input {list(shape)}"))
+        console.print(report.to_table(layers, title=f"Receptive field of {args.model}, input {list(shape)}"))
 
 
 def _kernels(args: argparse.Namespace) -> None:
     """Filters IMAGE with one of the lecture's kernels and writes the feature map as an image (PNG by default)."""
     from cnnpipe.analysis import kernels
+    from cnnpipe.console import console
 
     kernels.kernel(args.kernel)  # a name that is no kernel fails first: the default output is named after it
     image = kernels.read_greyscale(args.image)
@@ -99,7 +100,7 @@ def _kernels(args: argparse.Namespace) -> None:
     kernels.check_output(output, args.image)
     feature_map = kernels.filter_image(image, args.kernel, args.stride, args.padding)
     _write(output, kernels.encode_feature_map(feature_map, output.suffix))
-    Console().print(
+    console.print(
         f"{list(image.shape)} * {args.kernel} (stride {args.stride}, padding {args.padding}) "
         f"= {list(feature_map.shape)} -> {output}"
     )
@@ -117,10 +118,10 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
     """--input if given, else the pulled data's [C, H, W]; with the number of classes."""
     if args.input:
         return args.input, args.classes
-    from cnnpipe import paths
     from cnnpipe.data.store import load_store
+    from cnnpipe.paths import Paths
 
-    manifest, _ = load_store(paths.PULLED, verify=True)  # as train checks it: a corrupt store is named here too
+    manifest, _ = load_store(Paths().pulled, verify=True)  # as train checks it: a corrupt store is named here too
     return tuple(manifest.shape), manifest.num_classes
 
 
@@ -148,7 +149,8 @@ def _compare(args: argparse.Namespace) -> None:
             print(text, end="")
         return
     # Rich's width: COLUMNS, else the terminal's even through a pipe (`| less`: stderr still is one), else 80.
-    console = Console()
+    from cnnpipe.console import console
+
     console.print(*table.to_tables(f"{experiment}: best {table.metric} first", console.width))
 
 
@@ -213,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in TOOLS:
             TOOLS[args.command](args)
         else:
-            importlib.import_module(f"cnnpipe.stages.{args.command}").run(load_params(args.params))
+            from cnnpipe.paths import Paths
+
+            stage = importlib.import_module(f"cnnpipe.stages.{args.command}")
+            stage.run(load_params(args.params), Paths(params_file=args.params))
     except CnnpipeError as error:
         print(f"cnnpipe: error: {error}", file=sys.stderr)
         return error.exit_code

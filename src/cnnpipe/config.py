@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.spec import LAYER_LIST_PRESETS, LAYER_TYPES, PRESETS, TORCHVISION_PREFIX, LayerSpec
+from cnnpipe.layers import LAYER_PRESETS, LAYER_TYPES, PRESETS, TORCHVISION_PREFIX, LayerSpec
 
 DEFAULT_PARAMS = Path("params.yaml")
 Fraction = Annotated[float, Field(gt=0, le=1)]  # of the batches, as Lightning's limit_*_batches take it
@@ -119,9 +119,9 @@ class ModelConfig(_Section):
             )
         if self.preset is None and not self.layers:
             raise ValueError("model.layers: needs at least one layer, or set model.preset")
-        if self.width != 1 and self.preset is not None and self.preset not in LAYER_LIST_PRESETS:
+        if self.width != 1 and self.preset is not None and self.preset not in LAYER_PRESETS:
             raise ValueError(
-                f"model.width: applies to layer lists (model.layers, {', '.join(LAYER_LIST_PRESETS)}), "
+                f"model.width: applies to layer lists (model.layers, {', '.join(LAYER_PRESETS)}), "
                 f"not to {self.preset}; set it to 1"
             )
         return self

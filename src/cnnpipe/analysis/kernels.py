@@ -17,18 +17,7 @@ from PIL import Image
 from cnnpipe.config import LimitsConfig
 from cnnpipe.data.decode import decode
 from cnnpipe.errors import CnnpipeError
-
-KERNELS: dict[str, list[list[float]]] = {
-    "vertical_edge": [[1, 0, -1], [1, 0, -1], [1, 0, -1]],
-    "horizontal_edge": [[1, 1, 1], [0, 0, 0], [-1, -1, -1]],
-    "sobel_x": [[1, 0, -1], [2, 0, -2], [1, 0, -1]],
-    "sobel_y": [[1, 2, 1], [0, 0, 0], [-1, -2, -1]],
-    "laplacian": [[0, -1, 0], [-1, 4, -1], [0, -1, 0]],
-    "box_blur": [[1 / 9] * 3] * 3,
-    "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
-    "emboss": [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]],
-    "lecture_x": [[1, 0, 1], [0, 1, 0], [1, 0, 1]],  # the lecture's worked example
-}
+from cnnpipe.layers import KERNELS
 
 
 def kernel(name: str) -> torch.Tensor:

@@ -6,8 +6,8 @@ from torch import nn
 
 from cnnpipe.config import ModelConfig, Params
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.layers import PRESETS, TORCHVISION_PREFIX
 from cnnpipe.models.network import build_model_network
-from cnnpipe.models.spec import PRESETS, TORCHVISION_PREFIX
 
 Shape = tuple[int, int, int]
 

@@ -1,19 +1,41 @@
-"""What the network sees, as files, metrics and tags for a run: receptive fields, their growth, the ERF."""
+"""What the network sees, for people: the receptive-field table and JSON (also for `cnnpipe rf`), and the files,
+metrics and tags of a run: receptive fields, their growth, the ERF."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.table import Table
 from torch import nn
 
 from cnnpipe import plots
 from cnnpipe.analysis import erf, receptive_field
+from cnnpipe.analysis.receptive_field import LayerField
 from cnnpipe.errors import CnnpipeError
+
+
+def to_json(layers: list[LayerField], input_shape: tuple[int, int, int]) -> str:
+    return json.dumps({"input": list(input_shape), "layers": [asdict(layer) for layer in layers]}, indent=2)
+
+
+def _fmt(pair: tuple[float, float]) -> str:
+    return "x".join(f"{value:g}" for value in pair)
+
+
+def to_table(layers: list[LayerField], title: str = "Receptive field") -> Table:
+    table = Table(title=title)
+    for column in ("layer", "type", "output [C,H,W]", "rf", "jump", "start"):
+        table.add_column(column)
+    for layer in layers:
+        rf = _fmt(layer.rf) + ("" if layer.aligned else " (paths not aligned)")
+        table.add_row(layer.name, layer.type, str(list(layer.out_shape)), rf, _fmt(layer.jump), _fmt(layer.start))
+    return table
 
 
 @dataclass
@@ -59,9 +81,9 @@ def describe(network: nn.Module, images: torch.Tensor, folder: Path) -> Descript
         result.tags["receptive_field.unavailable"] = str(exc)
         return result
     text = Console(record=True, width=140, file=io.StringIO())  # recorded for the artifact, not shown
-    text.print(receptive_field.to_table(layers, title=f"Receptive field, input {list(input_shape)}"))
+    text.print(to_table(layers, title=f"Receptive field, input {list(input_shape)}"))
     for name, content in (
-        ("receptive_field.json", receptive_field.to_json(layers, input_shape)),
+        ("receptive_field.json", to_json(layers, input_shape)),
         ("receptive_field.txt", text.export_text()),
     ):
         (folder / name).write_text(content)

@@ -77,21 +77,20 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Train set: pulled originals + stored copies, augmented online per batch; val/test as stored."""
+    """Train set: pulled originals + stored copies, augmented online per batch; val as stored."""
 
     def __init__(
         self,
         pulled: Path,
         augmented: Path | None,
         batch_size: int,
-        eval_batch_size: int,
         num_workers: int,
         seed: int,
         online: bool,
     ):
         super().__init__()
         self.pulled, self.augmented = Path(pulled), augmented and Path(augmented)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.batch_size = batch_size  # per device, for training and validation alike
         self.num_workers, self.seed, self.online = num_workers, seed, online
         # read eagerly: the model needs the classes, shape, mean and std before setup
         self._manifest = load_manifest(self.pulled)
@@ -121,7 +120,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         _, splits = load_store(self.pulled)  # memory-mapped: workers share the pages
-        self.datasets = {"val": ImageDataset([splits["val"]]), "test": ImageDataset([splits["test"]])}
+        self.datasets = {"val": ImageDataset([splits["val"]])}  # the test split is evaluate's
         if stage in (None, "fit"):  # the copies and the pipeline only matter for training
             train = splits["train"]
             self.datasets["train"] = ImageDataset([train, *self._stored_copies(train)], self._pipeline(), self.seed)
@@ -146,7 +145,4 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("train", self.batch_size, training=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, training=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, training=False)
+        return self._loader("val", self.batch_size, training=False)

@@ -17,18 +17,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from rich.console import Console
 from rich.progress import track
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from cnnpipe.config import DataConfig
+from cnnpipe.console import console, note
 from cnnpipe.data.archive import unpack
 from cnnpipe.data.decode import GREYSCALE_MODES, decode, read_mode
 from cnnpipe.data.store import Split
 from cnnpipe.errors import CnnpipeError
 
-console = Console(soft_wrap=True)  # notes stay one line each in DVC's logs, however long the path
 IMAGEFOLDER_TEST_FRACTION = 0.2  # an imagefolder without train/ and test/ subfolders gives 20% to test
 # Debian's dataset-fashion-mnist package recompresses torchvision's files: the .gz MD5s differ, the
 # decompressed contents are the same. These are the SHA-256 sums of the decompressed files.
@@ -87,7 +86,7 @@ def _copy_from_mirror(source: str, mirrors: list[Path], root: Path) -> bool:
         if not all((mirror / name).is_file() for name, _ in files):
             continue
         if not all(_verified(mirror / name, source, md5) for name, md5 in files):
-            console.print(f"[yellow]note:[/] {mirror}: files named like {source}'s fail its checksums; skipped")
+            note(f"{mirror}: files named like {source}'s fail its checksums; skipped")
             continue
         _raw_folder(source, root).mkdir(parents=True, exist_ok=True)
         for name, _ in files:
@@ -176,7 +175,7 @@ def _image_files(folder: Path) -> dict[str, list[Path]]:
         every = [path for path in _entries(class_dir, recursive=True) if path.is_file()]
         files[class_dir.name] = [path for path in every if _is_image(path, class_dir, extensions)]
         if skipped := len(every) - len(files[class_dir.name]):
-            console.print(f"[yellow]note:[/] skipped {skipped} non-image file(s) in {class_dir}")
+            note(f"skipped {skipped} non-image file(s) in {class_dir}")
     if not any(files.values()):
         raise CnnpipeError(f"data.path: {folder} holds no class subfolders with images ({folder}/CLASS/IMAGE)")
     if empty := [name for name, images in files.items() if not images]:

@@ -17,7 +17,6 @@ import numpy as np
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.outputs import replaced_atomically
 
-SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torchmetrics import Accuracy, MeanMetric
 
 from cnnpipe.config import ModelConfig, TrainConfig
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.network import build_model_network
 from cnnpipe.models.spec import PlannedLayer
 
@@ -61,8 +63,8 @@ class CnnClassifier(pl.LightningModule):
         self.binary = len(classes) == 2
         self.example_input_array = torch.zeros(1, *input_shape)
         task_metrics = {"task": "multiclass", "num_classes": len(classes)}
-        self.train_acc, self.val_acc, self.test_acc = (Accuracy(**task_metrics) for _ in range(3))
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc, self.val_acc = Accuracy(**task_metrics), Accuracy(**task_metrics)
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits: [B, 1] for two classes, [B, N] otherwise."""
@@ -111,9 +113,6 @@ class CnnClassifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
     def configure_optimizers(self):
         cfg = self.train_config
         if cfg.optimizer == "sgd":
@@ -130,3 +129,14 @@ class CnnClassifier(pl.LightningModule):
         else:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_model(checkpoint: Path) -> CnnClassifier:
+    if not checkpoint.exists():
+        raise CnnpipeError(f"{checkpoint}: no trained model; run `dvc repro train` first")
+    try:
+        module = CnnClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or hand-edited: pickle, zip, key, type errors
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise CnnpipeError(f"{checkpoint}: not a readable cnnpipe model ({reason}); rerun `dvc repro train`") from None
+    return module.eval()

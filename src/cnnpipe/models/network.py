@@ -6,15 +6,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from cnnpipe.analysis import kernels
 from cnnpipe.config import ModelConfig
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models import presets
-from cnnpipe.models.spec import (
+from cnnpipe.layers import (
+    KERNELS,
+    LAYER_PRESETS,
     Activation,
     BatchNorm,
     Conv,
@@ -22,13 +21,11 @@ from cnnpipe.models.spec import (
     Dropout,
     Flatten,
     GlobalAvgPool,
-    PlannedLayer,
     Pool,
     Shape,
-    conv_padding,
-    head_outputs,
-    plan_layers,
 )
+from cnnpipe.models import presets
+from cnnpipe.models.spec import PlannedLayer, conv_padding, head_outputs, plan_layers
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -90,10 +87,10 @@ def build_model_network(
     config: ModelConfig, input_shape: Shape, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[list[PlannedLayer] | None, nn.Sequential]:
     """The network of `model.layers` or `model.preset`, with its shape plan where it is a layer list."""
-    if config.preset is None or config.preset in presets.LAYER_PRESETS:
+    if config.preset is None or config.preset in LAYER_PRESETS:
         layers = config.layers
         if config.preset is not None:
-            layers = ModelConfig(layers=presets.LAYER_PRESETS[config.preset]).layers
+            layers = ModelConfig(layers=LAYER_PRESETS[config.preset]).layers
         plan = plan_layers(config.scaled_layers(layers), input_shape, num_classes)
         return plan, _fix_first_conv(build_network(plan, mean, std), config.fixed_first_layer)
     body = presets.preset_module(config.preset, input_shape[0], head_outputs(num_classes))
@@ -116,9 +113,9 @@ def _fix_first_conv(network: nn.Sequential, names: list[str]) -> nn.Sequential:
     if not names:
         return network
     for index, name in enumerate(names):
-        if name not in kernels.KERNELS:
+        if name not in KERNELS:
             raise CnnpipeError(
-                f"model.fixed_first_layer[{index}]: unknown kernel {name!r}; valid: {', '.join(kernels.KERNELS)}"
+                f"model.fixed_first_layer[{index}]: unknown kernel {name!r}; valid: {', '.join(KERNELS)}"
             )
     conv = next(module for module in network.modules() if isinstance(module, nn.Conv2d))
     if conv.out_channels != len(names) or conv.kernel_size != (3, 3):
@@ -128,7 +125,7 @@ def _fix_first_conv(network: nn.Sequential, names: list[str]) -> nn.Sequential:
         )
     with torch.no_grad():
         for index, name in enumerate(names):  # an RGB image gets the kernel on each channel, averaged
-            conv.weight[index] = kernels.kernel(name).float() / conv.in_channels
+            conv.weight[index] = torch.tensor(KERNELS[name]) / conv.in_channels
         if conv.bias is not None:
             conv.bias.zero_()
     conv.requires_grad_(False)
@@ -142,10 +139,6 @@ def shape_table(plan: list[PlannedLayer], title: str = "Layer shapes") -> Table:
     for layer in plan:
         table.add_row(layer.name, layer.kind, str(list(layer.in_shape)), str(list(layer.out_shape)))
     return table
-
-
-def print_shapes(plan: list[PlannedLayer]) -> None:
-    Console().print(shape_table(plan))
 
 
 def widths(network: nn.Module) -> list[int]:

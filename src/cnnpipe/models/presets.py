@@ -1,8 +1,8 @@
 """Ready networks, chosen with `model.preset`: the lecture's CNN, LeNet-5, a small VGG, a small ResNet, or any
 torchvision classifier adapted to the data's channels and classes.
 
-The first three are layer lists of the same spec as `model.layers`; the residual ones need branches, which a
-list of layers cannot express, so they are modules.
+The layer-list presets are data, in cnnpipe.layers beside the layer schema; the residual ones need branches,
+which a list of layers cannot express, so they are modules, built here.
 """
 
 from __future__ import annotations
@@ -10,55 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.spec import TORCHVISION_PREFIX
-
-LAYER_PRESETS: dict[str, list[dict]] = {
-    # The lecture: conv -> ReLU -> max-pool, twice, then flatten and a dense layer.
-    "lecture": [
-        {"type": "conv", "out": 16, "kernel": 3, "padding": 1},
-        {"type": "relu"},
-        {"type": "maxpool", "kernel": 2},
-        {"type": "conv", "out": 32, "kernel": 3, "padding": 1},
-        {"type": "relu"},
-        {"type": "maxpool", "kernel": 2},
-        {"type": "flatten"},
-        {"type": "dense", "out": 64},
-        {"type": "relu"},
-    ],
-    # LeNet-5 (LeCun et al., 1998) for 28x28 input: the first conv pads by 2 as the original's 32x32 input did.
-    "lenet5": [
-        {"type": "conv", "out": 6, "kernel": 5, "padding": 2},
-        {"type": "tanh"},
-        {"type": "avgpool", "kernel": 2},
-        {"type": "conv", "out": 16, "kernel": 5},
-        {"type": "tanh"},
-        {"type": "avgpool", "kernel": 2},
-        {"type": "flatten"},
-        {"type": "dense", "out": 120},
-        {"type": "tanh"},
-        {"type": "dense", "out": 84},
-        {"type": "tanh"},
-    ],
-    # Two VGG blocks: two 3x3 convs (same padding) before each 2x2 max-pool, width doubling with depth.
-    "vgg-small": [
-        *[
-            {"type": kind, **args}
-            for width in (32, 64)
-            for kind, args in (
-                ("conv", {"out": width, "kernel": 3, "padding": 1}),
-                ("batchnorm", {}),
-                ("relu", {}),
-                ("conv", {"out": width, "kernel": 3, "padding": 1}),
-                ("batchnorm", {}),
-                ("relu", {}),
-                ("maxpool", {"kernel": 2}),
-            )
-        ],
-        {"type": "global_avgpool"},
-        {"type": "flatten"},
-        {"type": "dropout", "p": 0.3},
-    ],
-}
+from cnnpipe.layers import MODULE_PRESETS, TORCHVISION_PREFIX
 
 
 class ResidualBlock(nn.Module):
@@ -126,6 +78,9 @@ def torchvision_classifier(name: str, in_channels: int, outputs: int) -> nn.Modu
 
 
 def preset_module(name: str, in_channels: int, outputs: int) -> nn.Module:
-    if name == "resnet-small":
-        return resnet_small(in_channels, outputs)
+    if name in MODULES:
+        return MODULES[name](in_channels, outputs)
     return torchvision_classifier(name.removeprefix(TORCHVISION_PREFIX), in_channels, outputs)
+
+
+MODULES = dict(zip(MODULE_PRESETS, (resnet_small,), strict=True))  # a name in layers.py without a builder fails here

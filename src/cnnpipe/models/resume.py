@@ -11,15 +11,14 @@ import contextlib
 import hashlib
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cnnpipe.console import warn
 from cnnpipe.outputs import write_atomically
 
 STATE_FILE = "state.json"
@@ -91,11 +90,7 @@ def _set_aside(checkpoint: Path, reason: str) -> None:
     aside = checkpoint.with_name(checkpoint.name + SET_ASIDE)
     with contextlib.suppress(FileNotFoundError):  # another rank moved it first
         checkpoint.replace(aside)
-    if rank_zero_only.rank == 0:
-        print(
-            f"warning: {checkpoint} cannot be resumed ({reason}): moved to {aside}; training starts afresh",
-            file=sys.stderr,
-        )
+    warn(f"{checkpoint} cannot be resumed ({reason}): moved to {aside}; training starts afresh")
 
 
 def resumable(directory: Path, expected: str, module: torch.nn.Module) -> Resumption | None:

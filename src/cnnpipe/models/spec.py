@@ -1,6 +1,5 @@
-"""The CNN as data: a list of layers declared in params.yaml, named and shape-checked before any torch code runs.
+"""The declared layers (cnnpipe.layers), named and shape-checked before any torch code runs.
 
-Each layer is one of the lecture's parts (conv, pooling, batch norm, activation, dropout, flatten, dense).
 Input channels and features always come from the previous layer; an explicit `in:` that disagrees is an
 error naming the layer, as is a layer whose output would be empty.
 """
@@ -9,91 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from cnnpipe.errors import CnnpipeError
-
-Pair = PositiveInt | tuple[PositiveInt, PositiveInt]
-NonNegativePair = NonNegativeInt | tuple[NonNegativeInt, NonNegativeInt]
-Shape = tuple[int, ...]  # [C, H, W] for feature maps, [F] after flatten
-
-
-class _Layer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Conv(_Layer):
-    """A 2-D convolution: `out` learned kernels (the layer's width) give `out` feature maps."""
-
-    type: Literal["conv"]
-    out: PositiveInt
-    kernel: Pair = 3
-    stride: Pair = 1
-    padding: NonNegativePair | Literal["same"] = 0
-    dilation: Pair = 1
-    groups: PositiveInt = 1
-    bias: bool = True
-    in_channels: PositiveInt | None = Field(None, alias="in")
-
-
-class Pool(_Layer):
-    """Max- or average-pooling: down-samples H and W, keeps C. The stride defaults to the kernel size."""
-
-    type: Literal["maxpool", "avgpool"]
-    kernel: Pair = 2
-    stride: Pair | None = None
-    padding: NonNegativePair = 0
-
-
-class GlobalAvgPool(_Layer):
-    """Averages each feature map to a single value: [C, H, W] -> [C, 1, 1]."""
-
-    type: Literal["global_avgpool"]
-
-
-class BatchNorm(_Layer):
-    type: Literal["batchnorm"]
-
-
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid")
-
-
-class Activation(_Layer):
-    """A non-linearity applied element-wise; ReLU, max(0, z), is the lecture's default."""
-
-    type: Literal[ACTIVATIONS]
-
-
-class Dropout(_Layer):
-    type: Literal["dropout"]
-    p: float = Field(0.5, ge=0, lt=1)
-
-
-class Flatten(_Layer):
-    """Turns [C, H, W] feature maps into a 1-D vector of C*H*W features for the dense layers."""
-
-    type: Literal["flatten"]
-
-
-class Dense(_Layer):
-    """A fully-connected layer; the output head (logits) is appended automatically, see `head_outputs`."""
-
-    type: Literal["dense"]
-    out: PositiveInt
-    bias: bool = True
-    in_features: PositiveInt | None = Field(None, alias="in")
-
-
-LayerSpec = Annotated[
-    Conv | Pool | GlobalAvgPool | BatchNorm | Activation | Dropout | Flatten | Dense,
-    Field(discriminator="type"),
-]
-PRESETS = ("lecture", "lenet5", "vgg-small", "resnet-small")  # built in cnnpipe.models.presets
-LAYER_LIST_PRESETS = PRESETS[:3]  # written as layer lists: the shape table and model.width apply to them
-TORCHVISION_PREFIX = "torchvision:"
-LAYER_TYPES = ("conv", "maxpool", "avgpool", "global_avgpool", "batchnorm", *ACTIVATIONS, "dropout", "flatten", "dense")
+from cnnpipe.layers import Conv, Dense, Flatten, GlobalAvgPool, Layer, Pool, Shape
 
 
 @dataclass(frozen=True)
@@ -101,7 +18,7 @@ class PlannedLayer:
     """One layer with its module name and the shapes it maps between."""
 
     name: str
-    spec: _Layer | None  # None for the automatic flatten before the head and the head itself
+    spec: Layer | None  # None for the automatic flatten before the head and the head itself
     kind: str
     in_shape: Shape
     out_shape: Shape
@@ -150,7 +67,7 @@ def _window_shape(name: str, spec: Conv | Pool, shape: Shape) -> Shape:
     return (out_channels, *out)
 
 
-def _layer_out_shape(name: str, spec: _Layer, shape: Shape) -> Shape:
+def _layer_out_shape(name: str, spec: Layer, shape: Shape) -> Shape:
     feature_map = len(shape) == 3
     if isinstance(spec, Conv | Pool | GlobalAvgPool) and not feature_map:
         raise CnnpipeError(
@@ -192,7 +109,7 @@ def _layer_out_shape(name: str, spec: _Layer, shape: Shape) -> Shape:
     return shape  # batch norm, activations and dropout keep the shape
 
 
-def plan_layers(layers: list[_Layer], input_shape: Shape, num_classes: int) -> list[PlannedLayer]:
+def plan_layers(layers: list[Layer], input_shape: Shape, num_classes: int) -> list[PlannedLayer]:
     """Names every layer (conv1, relu1, maxpool1, ...), infers each [C, H, W] and appends the head."""
     counters: dict[str, int] = {}
     plan: list[PlannedLayer] = []

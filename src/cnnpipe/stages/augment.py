@@ -1,19 +1,19 @@
 """DVC stage `augment`: the albumentations pipeline of params.yaml, a preview grid, augmented copies."""
 
 import json
-from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
-from cnnpipe import paths
 from cnnpipe.config import Params
+from cnnpipe.console import console
 from cnnpipe.data import augmentation
 from cnnpipe.data.store import load_store
 from cnnpipe.outputs import replaced_atomically
+from cnnpipe.paths import Paths
 
 
-def run(params: Params, pulled: Path = paths.PULLED, out: Path = paths.AUGMENTED) -> None:
+def run(params: Params, paths: Paths = Paths()) -> None:
+    pulled, out = paths.pulled, paths.augmented
     cfg = params.augment
     pipeline = augmentation.build_pipeline(cfg)  # a bad transform stops here, before anything is written
     manifest, splits = load_store(pulled, verify=True)
@@ -43,7 +43,7 @@ def run(params: Params, pulled: Path = paths.PULLED, out: Path = paths.AUGMENTED
             "online": cfg.online,
         }
         (staging / augmentation.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    Console().print(
+    console.print(
         f"augment: {', '.join(summary['transforms']) or 'no transforms'}; "
         f"{summary['images']} stored augmented images; online: {cfg.online} -> {out}"
     )

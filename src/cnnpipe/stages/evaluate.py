@@ -1,8 +1,127 @@
-"""DVC stage `evaluate`: test-set metrics and plots, logged into the training's MLflow run (cnnpipe.evaluation)."""
+"""Evaluation on the untouched test split: accuracy, loss, per-class accuracy and the pictures that explain them.
 
+Each evaluation is an MLflow run of its own, a child of the training run, holding evaluate's params and the
+test metrics they produced; a registered model version gets its test accuracy, and the `champion` alias
+moves to it when it beats the champion on the same test data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cnnpipe import plots
+from cnnpipe.analysis.predictions import Predictions, confusion, predict
 from cnnpipe.config import Params
-from cnnpipe.evaluation import evaluate
+from cnnpipe.console import console, warn
+from cnnpipe.data.store import load_store
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.models.module import load_model
+from cnnpipe.outputs import replaced_files, write_atomically
+from cnnpipe.paths import Paths
+from cnnpipe.tracking import registry
+from cnnpipe.tracking.dataset import dataset_inputs, dvc_hash
+from cnnpipe.tracking.mlflow_run import TrackedRun, metric_key
+from cnnpipe.tracking.run_record import EvaluationStore, RunRecord, evaluation_store
+
+LOCK_FILE = Path("dvc.lock")
 
 
-def run(params: Params) -> None:
-    evaluate(params)
+def scores(result: Predictions, matrix: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """metrics/test.json, under the names MLflow shows (a `/` in a class name would nest its chart)."""
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    return {
+        "test/acc": float(matrix.trace() / matrix.sum()),
+        "test/loss": result.loss,
+        "test/count": int(matrix.sum()),
+        **{
+            metric_key(f"test/acc/{name.replace('/', '_')}"): float(acc)
+            for name, acc in zip(classes, per_class, strict=True)
+        },
+    }
+
+
+def run(params: Params, paths: Paths = Paths()) -> dict:
+    """Writes metrics/test.json and the plots, and logs them into a new MLflow run under the training's.
+
+    The model, the store and the tracking store are all checked before anything is computed; the outputs are
+    written only once all of them are ready, so a failed evaluation leaves the previous ones in place.
+    """
+    module = load_model(paths.trained / "model.ckpt")
+    manifest, splits = load_store(paths.pulled, verify=True)
+    if manifest.classes != module.classes:
+        raise CnnpipeError(
+            f"{paths.trained / 'model.ckpt'}: trained on classes {module.classes}, but {paths.pulled} holds "
+            f"{manifest.classes}; rerun `dvc repro` so train and evaluate see the same data"
+        )
+    run_file = paths.trained / "run.json"
+    record = RunRecord.read(run_file)
+    store = evaluation_store(record, run_file)
+    test = splits["test"]
+    result = predict(module, test.images, test.labels, params.evaluate.batch_size)
+    matrix = confusion(result.labels, result.predicted, manifest.num_classes)
+    metrics = scores(result, matrix, manifest.classes)
+    with replaced_files(paths.plots) as staging:
+        figures = _write_plots(staging, result, matrix, test.images, manifest.classes, params.evaluate.misclassified)
+        write_atomically(paths.metrics / "test.json", json.dumps(metrics, indent=2))
+    if store.note:
+        warn(store.note)
+    tracked = store.start()
+    try:
+        _log(tracked, params, store, metrics, [paths.plots / figure.name for figure in figures], paths.pulled)
+    except BaseException as exc:
+        tracked.end_after(exc)
+        raise
+    tracked.finish()
+    console.print(
+        f"Test accuracy {metrics['test/acc']:.4f}, loss {metrics['test/loss']:.4f} on {metrics['test/count']} images; "
+        f"MLflow run {tracked.run_id}"
+    )
+    return metrics
+
+
+def _write_plots(
+    folder: Path, result: Predictions, matrix: np.ndarray, images: np.ndarray, classes: list[str], count: int
+) -> list[Path]:
+    with (folder / "predictions.csv").open("w", newline="") as handle:  # dvc plots' confusion template
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((classes[a], classes[p]) for a, p in zip(result.labels, result.predicted, strict=True))
+    wrong = np.flatnonzero(result.labels != result.predicted)
+    wrong = wrong[np.argsort(-result.confidence[wrong], kind="stable")][:count]  # the most confident mistakes first
+    titles = [
+        f"{classes[result.predicted[i]]} ({result.confidence[i]:.0%})\ntrue: {classes[result.labels[i]]}" for i in wrong
+    ]
+    return [
+        plots.confusion_matrix(matrix, classes, folder / "confusion_matrix.png"),
+        plots.image_grid(
+            np.asarray(images[wrong]),
+            titles,
+            folder / "misclassified.png",
+            title="Most confident mistakes: predicted (confidence), true class",
+        ),
+    ]
+
+
+def _log(
+    run: TrackedRun, params: Params, store: EvaluationStore, metrics: dict, figures: list[Path], pulled: Path
+) -> None:
+    record = store.record
+    run.log_params({"evaluate": params.evaluate.model_dump(mode="json")})
+    run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(pulled, ("test",))))
+    run.log_metrics(metrics)
+    for figure in figures:
+        run.log_artifact(figure, "evaluation")
+    if LOCK_FILE.exists():  # under DVC: the hashes of every stage's deps and outs for this run
+        run.log_artifact(LOCK_FILE)
+    if record.unlogged and store.training is not None:  # the training run learns what it is missing
+        TrackedRun(run.client, record.run_id, run.tracking_uri, list(record.unlogged)).report_unlogged()
+    if record.model_version is not None:
+        name, version, digest = record.registered_model, record.model_version, dvc_hash(pulled)
+        run.log_call(
+            f"champion alias of {name}",
+            lambda: console.print(registry.promote(run.client, name, version, metrics["test/acc"], digest)),
+        )

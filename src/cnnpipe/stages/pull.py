@@ -1,16 +1,14 @@
 """DVC stage `pull`: the images of data.source as a compact store with a seeded, stratified validation split."""
 
-from pathlib import Path
-
 import numpy as np
-from rich.console import Console
 
-from cnnpipe import paths
 from cnnpipe.config import DataConfig, Params
+from cnnpipe.console import console
 from cnnpipe.data import sources
 from cnnpipe.data.store import Manifest, Split, save_store
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.outputs import recover
+from cnnpipe.paths import Paths
 
 
 def _refuse_unusable(splits: dict[str, Split], classes: list[str], cfg: DataConfig) -> None:
@@ -41,15 +39,15 @@ def _refuse_unusable(splits: dict[str, Split], classes: list[str], cfg: DataConf
         )
 
 
-def run(params: Params, out: Path = paths.PULLED) -> Manifest:
+def run(params: Params, paths: Paths = Paths()) -> Manifest:
+    out = paths.pulled
     recover(out)  # what a killed earlier run left: its staging folders go, a store it had moved aside comes back
     data = sources.load(params.data, params.seed)
     train, val = sources.stratified_split(data.train, params.data.val_fraction, params.seed)
     splits: dict[str, Split] = {"train": train, "val": val, "test": data.test}
     _refuse_unusable(splits, data.classes, params.data)
     manifest = save_store(out, splits, data.classes, params.data.source, params.seed, params.data.val_fraction)
-    console = Console(soft_wrap=True)  # the class list stays on one line
     for name, count in manifest.counts.items():
         console.print(f"{name:>5}: {count:6d} images {list(manifest.shape)}")
-    console.print(f"{manifest.num_classes} classes: {', '.join(manifest.classes)} -> {out}")
+    console.print(f"{manifest.num_classes} classes: {', '.join(manifest.classes)} -> {out}", soft_wrap=True)
     return manifest

@@ -17,7 +17,6 @@ import random
 import re
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +35,7 @@ from pydantic import BaseModel
 
 import cnnpipe
 from cnnpipe.config import MlflowConfig
+from cnnpipe.console import note, warn
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.tracking import relocate
 
@@ -74,7 +74,7 @@ def follow_moved_store(uri: str, experiment: str) -> None:
     """A copied or moved repository's SQLite store still names the old folder for its artifacts: it is pointed
     at its own before a run opens (see relocate), and the console is told."""
     if uri.startswith(SQLITE) and (moved := relocate.relocate_store(Path(uri.removeprefix(SQLITE)), experiment)):
-        print(f"note: {moved}", file=sys.stderr)
+        note(moved)
 
 
 def _health(uri: str, timeout: float) -> str | None:
@@ -236,10 +236,7 @@ class TrackedRun:
             call()
         except Exception as exc:  # noqa: BLE001 - MlflowException, requests' and OS errors alike: none may stop training
             if not self.unlogged:
-                print(
-                    f"warning: MLflow: could not log {what} to {self.tracking_uri}: {str(exc).splitlines()[0][:200]}",
-                    file=sys.stderr,
-                )
+                warn(f"MLflow: could not log {what} to {self.tracking_uri}: {str(exc).splitlines()[0][:200]}")
             self.unlogged.append(what)
             return False
         return True
@@ -284,10 +281,7 @@ class TrackedRun:
         missing = list(self.unlogged)
         if not missing:
             return
-        print(
-            f"warning: MLflow run {self.run_id} is missing {len(missing)} item(s): {', '.join(missing)[:500]}",
-            file=sys.stderr,
-        )
+        warn(f"MLflow run {self.run_id} is missing {len(missing)} item(s): {', '.join(missing)[:500]}")
         self._try("unlogged list", lambda: self.client.set_tag(self.run_id, UNLOGGED_TAG, "; ".join(missing)[:5000]))
 
     def end_after(self, exception: BaseException) -> None:

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 from types import TracebackType
+
+from cnnpipe.console import warn
 
 DEFAULT_INTERVAL_S = 10.0  # MLflow's own default sampling interval
 
@@ -51,7 +52,7 @@ def gpu_metrics_problem() -> str | None:
 
 
 def _warn(message: str) -> None:
-    print(f"warning: MLflow system metrics: {' '.join(message.split())[:300]}", file=sys.stderr)
+    warn(f"MLflow system metrics: {message[:300]}")
 
 
 class SystemMetrics:

@@ -1,0 +1,110 @@
+"""The Lightning Trainer as params.yaml's `train` section configures it, and what it resolved `auto` to.
+
+Lightning's own errors about a setting are named by the params key that set it, in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+from cnnpipe.config import TrainConfig
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.models import resume
+
+# The Trainer arguments Lightning may reject, by the params key that sets them (named in the error).
+TRAINER_KEYS = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "sync_batchnorm",
+    "num_nodes",
+    "precision",
+    "strategy",
+    "devices",
+    "accelerator",
+)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning announces the hardware and an advert on every new Trainer; `describe` says it in one line.
+    Its warning that 16-mixed becomes bf16-mixed on a CPU is dropped too: build_trainer refuses that case."""
+    log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def describe(trainer: pl.Trainer) -> str:
+    """What Lightning resolved `auto` and the precision to: what actually runs."""
+    accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+    return (
+        f"{accelerator} x {trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
+        f"{type(trainer.strategy).__name__}, precision {trainer.precision}"
+    )
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    checkpoints: Path,
+    root: Path,
+    callbacks: list[pl.Callback],
+    logger: pl.loggers.Logger | bool = False,
+) -> pl.Trainer:
+    mode = "max" if cfg.monitor.endswith("acc") else "min"
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=checkpoints,
+            filename=Path(resume.BEST).stem,
+            monitor=cfg.monitor,
+            mode=mode,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,  # a resumed run overwrites best.ckpt instead of adding best-v1.ckpt
+        ),
+        RichProgressBar(),
+        *callbacks,
+    ]
+    if cfg.early_stopping.patience is not None:
+        callbacks.append(
+            EarlyStopping(cfg.monitor, cfg.early_stopping.min_delta, cfg.early_stopping.patience, mode=mode)
+        )
+    try:
+        with quiet_lightning():
+            trainer = pl.Trainer(
+                max_epochs=cfg.epochs,
+                accelerator=cfg.accelerator,
+                devices=cfg.devices,
+                num_nodes=cfg.num_nodes,
+                strategy=cfg.strategy,
+                precision=cfg.precision,
+                sync_batchnorm=cfg.sync_batchnorm,
+                deterministic=cfg.deterministic,
+                limit_train_batches=cfg.limit_train_batches,
+                limit_val_batches=cfg.limit_val_batches,
+                callbacks=callbacks,
+                logger=logger,
+                default_root_dir=root,  # where Lightning puts a SLURM preemption checkpoint
+                use_distributed_sampler=False,  # the datamodule's EpochSampler shards exactly, without padding
+            )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        message = " ".join(str(exc).split())
+        key = next((key for key in TRAINER_KEYS if key in message), "accelerator")
+        raise CnnpipeError(f"train.{key}: Lightning refuses these settings: {message[:300]}") from None
+    if cfg.precision == "16-mixed" and isinstance(trainer.accelerator, CPUAccelerator):
+        # Lightning would quietly run bf16-mixed instead, while the run's params said 16-mixed
+        raise CnnpipeError("train.precision: 16-mixed (float16 AMP) needs a GPU; on a CPU use bf16-mixed or 32-true")
+    return trainer

@@ -46,7 +46,7 @@ def test_a_mirror_with_wrong_checksums_is_skipped_with_a_note(tmp_path, capsys):
     fake = truncated_mirror(tmp_path / "truncated")
     cfg = DataConfig(cache_dir=tmp_path / "cache", mirrors=[fake, MIRROR], classes=["Bag", "Coat"])
     assert sources.load(cfg, seed=0).train.images.shape[0] == 12000
-    assert f"{fake}: files named like fashion-mnist's fail its checksums; skipped" in capsys.readouterr().out
+    assert f"{fake}: files named like fashion-mnist's fail its checksums; skipped" in capsys.readouterr().err
     with pytest.raises(CnnpipeError, match=r"data.mirrors: none of .* holds fashion-mnist's files with valid"):
         sources.load(DataConfig(cache_dir=tmp_path / "c2", mirrors=[fake], download=False), seed=0)
 
@@ -54,7 +54,7 @@ def test_a_mirror_with_wrong_checksums_is_skipped_with_a_note(tmp_path, capsys):
 def test_mnist_is_not_taken_from_a_fashion_mnist_mirror_with_the_same_file_names(tmp_path, capsys):
     with pytest.raises(CnnpipeError, match=r"data.mirrors: .* mnist's files with valid checksums.*data.download"):
         sources.load(DataConfig(source="mnist", cache_dir=tmp_path, mirrors=[MIRROR], download=False), seed=0)
-    assert "mnist's fail its checksums; skipped" in capsys.readouterr().out
+    assert "mnist's fail its checksums; skipped" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*-ubyte"))
 
 
@@ -91,7 +91,7 @@ def test_imagefolder_mixed_formats_and_sizes_resized_rgb_and_greyscale(tmp_path,
     make_image_folder(folder, classes=("cat",), per_class=2, size=(20, 16), fmt="bmp")  # 2 more cats, larger
     (folder / "cat" / "notes.txt").write_text("not an image")
     rgb = sources.load(DataConfig(source="imagefolder", path=str(folder), image_size=(8, 8)), seed=0)
-    assert "skipped 1 non-image file(s)" in capsys.readouterr().out
+    assert "skipped 1 non-image file(s)" in capsys.readouterr().err
     assert rgb.classes == ["cat", "dog"]
     assert rgb.train.images.shape == (18, 8, 8, 3) and rgb.test.images.shape == (4, 8, 8, 3)
     assert np.bincount(rgb.test.labels).tolist() == [2, 2]  # 20% of each class, rounded
@@ -107,7 +107,7 @@ def test_imagefolder_skips_hidden_files_such_as_macos_resource_forks(tmp_path, c
     (folder / "dog" / ".ipynb_checkpoints" / "0.png").write_bytes(b"not an image either")
     data = sources.load(DataConfig(source="imagefolder", path=str(folder)), seed=0)
     assert len(data.train) + len(data.test) == 6
-    assert "skipped 1 non-image file(s) in" in capsys.readouterr().out
+    assert "skipped 1 non-image file(s) in" in capsys.readouterr().err
 
 
 def test_imagefolder_defaults_to_one_channel_only_when_all_images_are_greyscale(tmp_path):

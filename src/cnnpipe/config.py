@@ -159,7 +159,9 @@ class TrainConfig(_Section):
     # ddp_spawn is left out: it pickles the trainer into new processes and hands back only the weights.
     strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = "auto"
     sync_batchnorm: bool = Field(False, description="batch-norm statistics over the global batch under DDP")
-    channels_last: bool = Field(False, description="NHWC memory format: faster convolutions on tensor-core GPUs")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="NHWC memory format; auto: on a CPU, and on a GPU with 16-bit precision"
+    )
     num_workers: NonNegativeInt = 0
     deterministic: bool = False
     monitor: Literal["val/acc", "val/loss"] = "val/acc"

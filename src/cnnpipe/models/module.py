@@ -62,6 +62,7 @@ class CnnClassifier(pl.LightningModule):
         self.plan, self.network = build_model_network(self.model_config, tuple(input_shape), len(classes), mean, std)
         self.binary = len(classes) == 2
         self.example_input_array = torch.zeros(1, *input_shape)
+        self.channels_last = False  # decided in on_fit_start, once Lightning has chosen the device and precision
         task_metrics = {"task": "multiclass", "num_classes": len(classes)}
         self.train_acc, self.val_acc = Accuracy(**task_metrics), Accuracy(**task_metrics)
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
@@ -84,11 +85,18 @@ class CnnClassifier(pl.LightningModule):
         return (logits.squeeze(1) > 0).long() if self.binary else logits.argmax(dim=1)
 
     def on_fit_start(self) -> None:
-        if self.train_config.channels_last:  # NHWC weights; the batches follow in on_after_batch_transfer
+        """NHWC weights when `train.channels_last` says so; `auto` decides by what Lightning chose: on a CPU
+        (AMD EPYC, 2 cores: 1.36x the images/s of NCHW in fp32, docs/benchmarks.md) and with 16-bit precision
+        on a GPU (tensor cores want NHWC), not for fp32 on a GPU."""
+        setting = self.train_config.channels_last
+        if setting == "auto":
+            setting = self.device.type == "cpu" or self.trainer.precision in ("16-mixed", "bf16-mixed")
+        self.channels_last = setting
+        if setting:  # the batches follow in on_after_batch_transfer
             self.to(memory_format=torch.channels_last)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if not self.train_config.channels_last:
+        if not self.channels_last:
             return batch
         if isinstance(batch, torch.Tensor):  # the model summary's example input
             return batch.contiguous(memory_format=torch.channels_last)

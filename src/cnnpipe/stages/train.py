@@ -203,7 +203,8 @@ def _finish(
         "parameters": sum(p.numel() for p in module.parameters())
     }
     run.log_metrics(metrics)
-    run.set_tag("cnnpipe.trainer", describe(trainer))  # what ran: Lightning resolves `auto` by the hardware
+    # what ran: Lightning resolves `auto` by the hardware, the module its memory format
+    run.set_tag("cnnpipe.trainer", f"{describe(trainer)}, channels_last {module.channels_last}")
     with replaced_atomically(paths.trained) as staging:
         shutil.copyfile(paths.checkpoints / resume.BEST, staging / "model.ckpt")
         for name in (resume.BEST, resume.LAST):

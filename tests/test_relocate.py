@@ -211,11 +211,17 @@ def test_nothing_to_do_changes_nothing(tmp_path, monkeypatch, empty_store):
     assert relocate_store(tmp_path / "tables.db", "cnn") is None  # not an MLflow store: sqlite_problem's to say
 
 
-def test_a_failed_rewrite_leaves_the_database_as_it_was(tmp_path, monkeypatch, empty_store):
+@pytest.fixture
+def copied(tmp_path, monkeypatch, empty_store) -> tuple[Path, Path, Path]:
+    """A store made in a/ and copied to b/: (a, b, b's mlflow.db)."""
     original, copy = tmp_path / "a", tmp_path / "b"
     make_store(original, monkeypatch, empty_store)
     shutil.copytree(original, copy)
-    db_path = copy / "mlflow.db"
+    return original, copy, copy / "mlflow.db"
+
+
+def test_a_failed_rewrite_leaves_the_database_as_it_was(copied):
+    original, copy, db_path = copied
     with closing(sqlite3.connect(db_path)) as db:  # a real SQLite failure after the experiments are rewritten
         db.execute("CREATE TRIGGER refuse BEFORE UPDATE ON runs BEGIN SELECT RAISE(ABORT, 'refused'); END")
         db.commit()
@@ -234,11 +240,8 @@ def test_a_failed_rewrite_leaves_the_database_as_it_was(tmp_path, monkeypatch, e
     assert cells_naming(db_path, str(original)) == []
 
 
-def test_a_locked_database_is_one_line_and_untouched(tmp_path, monkeypatch, empty_store):
-    original, copy = tmp_path / "a", tmp_path / "b"
-    make_store(original, monkeypatch, empty_store)
-    shutil.copytree(original, copy)
-    db_path = copy / "mlflow.db"
+def test_a_locked_database_is_one_line_and_untouched(copied):
+    original, copy, db_path = copied
     before = digest(copy)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
         other.execute("BEGIN IMMEDIATE")  # another writer holds it (a training in another terminal)
@@ -251,11 +254,8 @@ def test_a_locked_database_is_one_line_and_untouched(tmp_path, monkeypatch, empt
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes read-only files anyway")
-def test_a_read_only_database_is_one_line_and_untouched(tmp_path, monkeypatch, empty_store):
-    original, copy = tmp_path / "a", tmp_path / "b"
-    make_store(original, monkeypatch, empty_store)
-    shutil.copytree(original, copy)
-    db_path = copy / "mlflow.db"
+def test_a_read_only_database_is_one_line_and_untouched(copied):
+    original, copy, db_path = copied
     before = digest(copy)
     db_path.chmod(0o444)
     try:

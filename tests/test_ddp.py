@@ -93,6 +93,8 @@ def test_two_nodes_simulated_with_the_torchrun_launcher_on_localhost(tmp_path, r
     ]
     outputs = [node.communicate(timeout=400)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    shape_tables = [output.count("Layer shapes, input") for output in outputs]
+    assert shape_tables == [1, 0], shape_tables  # one console: only global rank 0 speaks
     client, run, tested = one_run(repo)
     assert run.data.params["train.num_nodes"] == "2" and "test/acc" in tested  # node 0 evaluated
     assert len((repo / "metrics/train_history.csv").read_text().splitlines()) == 3

@@ -4,10 +4,11 @@ import itertools
 
 import pytest
 import torch
+from torch import nn
 
 from cnnpipe.config import ModelConfig
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.network import build_network
+from cnnpipe.models.network import build_network, forward_flops
 from cnnpipe.models.spec import head_outputs, plan_layers
 
 
@@ -108,3 +109,12 @@ def test_built_network_matches_the_planned_shapes(kernel, stride, padding, dilat
         x = module(x)
         expected = next(layer.out_shape for layer in planned if layer.name == name)
         assert tuple(x.shape[1:]) == expected, name
+
+
+def test_forward_flops_count_a_multiply_add_as_two_and_leave_batch_norm_alone():
+    network = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Flatten(), nn.Linear(16 * 28 * 28, 10)
+    )
+    before = network[1].running_mean.clone()
+    assert forward_flops(network, (1, 28, 28)) == 2 * 16 * 9 * 28 * 28 + 2 * 16 * 28 * 28 * 10
+    assert torch.equal(network[1].running_mean, before) and network.training

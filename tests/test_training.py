@@ -57,6 +57,10 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     assert run.data.metrics["parameters"] == train_metrics["parameters"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "images_per_sec")] == [0, 1]
+    assert run.data.metrics["forward_mflops"] == pytest.approx(2.44, abs=0.01)  # conv, dense layers, 3 classes
+    assert train_metrics["mean/gflops_per_sec"] == pytest.approx(
+        train_metrics["mean/images_per_sec"] * 3 * run.data.metrics["forward_mflops"] / 1e3, rel=1e-6
+    )
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "PROJECT"
     assert str(workdir) not in run.data.tags["mlflow.source.name"]  # no path of this machine
     contexts = {

@@ -16,8 +16,10 @@ import pytorch_lightning as pl
 
 
 class EpochHistory(pl.Callback):
-    def __init__(self, csv_path: Path):
+    def __init__(self, csv_path: Path, forward_flops: int = 0):
+        """`forward_flops` of one image: with it, each row says the FLOP/s trained (3x forward per image)."""
         self.csv_path = Path(csv_path)
+        self.forward_flops = forward_flops
         self.rows: list[dict[str, float]] = []
         self._started = self._last_batch = 0.0
         self._images = 0
@@ -43,9 +45,14 @@ class EpochHistory(pl.Callback):
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         row["epoch_time"] = seconds
         row["images_per_sec"] = self._images * trainer.world_size / seconds
+        if self.forward_flops:
+            row["gflops_per_sec"] = row["images_per_sec"] * 3 * self.forward_flops / 1e9
         self.rows.append(row)
+        timing = {
+            key: value for key, value in row.items() if key in ("lr", "epoch_time", "images_per_sec", "gflops_per_sec")
+        }
         for logger in trainer.loggers:  # rank 0 only, inside each logger
-            logger.log_metrics({key: row[key] for key in ("lr", "epoch_time", "images_per_sec")}, step=row["epoch"])
+            logger.log_metrics(timing, step=row["epoch"])
         if trainer.is_global_zero:
             self._write_csv()
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from rich.table import Table
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnnpipe.config import ModelConfig
 from cnnpipe.errors import CnnpipeError
@@ -149,3 +150,16 @@ def widths(network: nn.Module) -> list[int]:
         for module in network.modules()
         if isinstance(module, nn.Conv2d | nn.Linear)
     ]
+
+
+def forward_flops(network: nn.Module, input_shape: Shape) -> int:
+    """The FLOPs of one image's forward pass (a multiply-add counts 2), as torch's FlopCounterMode counts them;
+    training costs about 3x that (forward, and backward to the inputs and to the weights)."""
+    training = network.training
+    network.eval()  # batch norm must not learn from the zeros
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            network(torch.zeros(1, *input_shape))
+    finally:
+        network.train(training)
+    return counter.get_total_flops()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from cnnpipe.data.store import load_store
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.module import CnnClassifier
-from cnnpipe.models.network import shape_table, widths
+from cnnpipe.models.network import forward_flops, shape_table, widths
 from cnnpipe.models.trainer import build_trainer, describe
 from cnnpipe.outputs import replaced_atomically, write_atomically
 from cnnpipe.paths import Paths
@@ -75,12 +76,12 @@ def _log_model_description(run: TrackedRun, module: CnnClassifier, pulled: Path,
     return images
 
 
-def _start_record(params: Params, paths: Paths, module: CnnClassifier, run: TrackedRun) -> None:
+def _start_record(params: Params, paths: Paths, module: CnnClassifier, flops: int, run: TrackedRun) -> None:
     """What a new run starts with: the params that train reads (evaluate's are its own run's), the network as
     built, the data as an MLflow dataset, and the files behind them."""
     run.log_params(params.model_dump(mode="json", by_alias=True, exclude={"evaluate"}))
     run.log_params({"model.built_widths": ",".join(map(str, widths(module.network)))})
-    run.log_metrics({"parameters": sum(p.numel() for p in module.parameters())})
+    run.log_metrics({"parameters": sum(p.numel() for p in module.parameters()), "forward_mflops": flops / 1e6})
     run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(paths.pulled)))
     for path in (paths.params_file, paths.augmented / augmentation.PREVIEW_FILE):
         if path.exists():
@@ -126,12 +127,13 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
     resumed = resume.resumable(paths.checkpoints, key, module)  # read-only: rank 0 writes once all ranks met
     if resumed:
         console.print(f"Resuming from {resumed.checkpoint} into MLflow run {resumed.run_id}")
+    flops = forward_flops(module.network, datamodule.manifest.shape)  # of one image's forward pass
     logger = MlflowRunLogger(
         params.mlflow,
         resume_run_id=resumed.run_id if resumed else None,
-        on_open=lambda run: _start_record(params, paths, module, run),
+        on_open=lambda run: _start_record(params, paths, module, flops, run),
     )
-    history = EpochHistory(paths.checkpoints / HISTORY)
+    history = EpochHistory(paths.checkpoints / HISTORY, flops)
     claim = resume.ClaimFolder(paths.checkpoints, key, lambda: logger.run, resumed is not None)
     publish = Publish(params, paths, key, history)
     # state.json lives beside the checkpoints on purpose; Lightning's warning about a non-empty folder is noise.
@@ -175,6 +177,8 @@ def summary(rows: list[dict[str, float]], monitor: str, best_score: float) -> di
         "epochs": len(rows),
         "train_time_s": sum(row["epoch_time"] for row in rows),
         "mean/images_per_sec": sum(row["images_per_sec"] for row in rows) / len(rows),
+        # FLOP/s trained, 3x forward per image: against the machine's peak, how well the hardware is used
+        "mean/gflops_per_sec": statistics.fmean(row["gflops_per_sec"] for row in rows if "gflops_per_sec" in row),
     }
 
 

@@ -44,6 +44,7 @@ class EpochHistory(pl.Callback):
         )
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         row["epoch_time"] = seconds
+        row["finished_at"] = time.time()  # wall clock: time to accuracy, across a resume too
         row["images_per_sec"] = self._images * trainer.world_size / seconds
         if self.forward_flops:
             row["gflops_per_sec"] = row["images_per_sec"] * 3 * self.forward_flops / 1e9

@@ -1,0 +1,80 @@
+"""Time to accuracy: the whole pipeline (pull, augment, train, evaluate) of a params file, in process, per seed.
+
+Prints the validation accuracy after each epoch against the wall seconds since the pipeline started, the test
+accuracy at the end, and the mean over the seeds: the figure the default pipeline is judged by (issue 13).
+Each seed runs in a fresh folder with its own MLflow store; the dataset cache of params.yaml is shared.
+Usage: .venv/bin/python benchmarks/time_to_accuracy.py [--params params.yaml] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cnnpipe.config import load_params
+from cnnpipe.paths import Paths
+from cnnpipe.stages import augment, evaluate, pull, train
+
+
+def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float]], float, float]:
+    """[(epoch, seconds since start, val/acc)], test accuracy, total seconds."""
+    params = load_params(params_file)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        params = params.model_copy(
+            update={
+                "seed": seed,
+                "mlflow": params.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{root}/mlflow.db"}),
+            }
+        )
+        paths = Paths.under(root, params_file)
+        started, wall = time.perf_counter(), time.time()
+        for stage in (pull, augment, train):
+            stage.run(params, paths)
+        test = evaluate.run(params, paths)["test/acc"]
+        total = time.perf_counter() - started
+        with (paths.metrics / "train_history.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+    curve = [(int(row["epoch"]), float(row["finished_at"]) - wall, float(row["val/acc"])) for row in rows]
+    return curve, test, total
+
+
+def cpu_model() -> str:
+    """The CPU's name as lscpu prints it, to stand beside every figure."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    results = {seed: one_seed(args.params, seed) for seed in args.seeds}
+    print(f"\n{datetime.now(UTC):%Y-%m-%d}, {cpu_model()}, params {args.params}")
+    print(f"{'epoch':>5} " + " ".join(f"{f'seed {seed}: s, val/acc':>24}" for seed in args.seeds))
+    for index in range(max(len(curve) for curve, _, _ in results.values())):
+        cells = []
+        for curve, _, _ in results.values():
+            cells.append(f"{curve[index][1]:12.1f} {curve[index][2]:11.4f}" if index < len(curve) else " " * 24)
+        print(f"{index:5d} " + " ".join(cells))
+    tests = [test for _, test, _ in results.values()]
+    totals = [total for _, _, total in results.values()]
+    for seed, (_, test, total) in results.items():
+        print(f"seed {seed}: test accuracy {test:.4f} after {total:.0f} s, pull to evaluate")
+    print(
+        f"mean of {len(tests)} seeds: test accuracy {statistics.fmean(tests):.4f} (lowest {min(tests):.4f}), "
+        f"{statistics.fmean(totals):.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

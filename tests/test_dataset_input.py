@@ -70,7 +70,9 @@ def test_dataset_inputs_round_trip_through_a_sqlite_tracking_store(tmp_path, raw
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.create_run(client.create_experiment("datasets"))
-    client.log_inputs(run.info.run_id, datasets=dataset_inputs(pulled, contexts=("train", "validation", "test")))
+    client.log_inputs(
+        run.info.run_id, datasets=dataset_inputs(pulled, dvc_hash(pulled), contexts=("train", "validation", "test"))
+    )
     logged = client.get_run(run.info.run_id).inputs.dataset_inputs
 
     contexts = {item.tags[0].value: item.dataset for item in logged}

@@ -111,7 +111,10 @@ def _log(
 ) -> None:
     record = store.record
     run.log_params({"evaluate": params.evaluate.model_dump(mode="json")})
-    run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(pulled, ("test",))))
+    digest = dvc_hash(pulled)  # once: for the run's dataset and the champion's comparison
+    run.log_call(
+        "dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(pulled, digest, ("test",)))
+    )
     run.log_metrics(metrics)
     for figure in figures:
         run.log_artifact(figure, "evaluation")
@@ -120,7 +123,7 @@ def _log(
     if record.unlogged and store.training is not None:  # the training run learns what it is missing
         TrackedRun(run.client, record.run_id, run.tracking_uri, list(record.unlogged)).report_unlogged()
     if record.model_version is not None:
-        name, version, digest = record.registered_model, record.model_version, dvc_hash(pulled)
+        name, version = record.registered_model, record.model_version
         run.log_call(
             f"champion alias of {name}",
             lambda: console.print(registry.promote(run.client, name, version, metrics["test/acc"], digest)),

@@ -76,13 +76,15 @@ def _log_model_description(run: TrackedRun, module: CnnClassifier, pulled: Path,
     return images
 
 
-def _start_record(params: Params, paths: Paths, module: CnnClassifier, flops: int, run: TrackedRun) -> None:
+def _start_record(
+    params: Params, paths: Paths, module: CnnClassifier, flops: int, digest: str, run: TrackedRun
+) -> None:
     """What a new run starts with: the params that train reads (evaluate's are its own run's), the network as
     built, the data as an MLflow dataset, and the files behind them."""
     run.log_params(params.model_dump(mode="json", by_alias=True, exclude={"evaluate"}))
     run.log_params({"model.built_widths": ",".join(map(str, widths(module.network)))})
     run.log_metrics({"parameters": sum(p.numel() for p in module.parameters()), "forward_mflops": flops / 1e6})
-    run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(paths.pulled)))
+    run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(paths.pulled, digest)))
     for path in (paths.params_file, paths.augmented / augmentation.PREVIEW_FILE):
         if path.exists():
             run.log_artifact(path)
@@ -128,14 +130,15 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
     if resumed:
         console.print(f"Resuming from {resumed.checkpoint} into MLflow run {resumed.run_id}")
     flops = forward_flops(module.network, datamodule.manifest.shape)  # of one image's forward pass
+    digest = dvc_hash(paths.pulled) if tracking else ""  # the data, for the run's dataset and the model version
     logger = MlflowRunLogger(
         params.mlflow,
         resume_run_id=resumed.run_id if resumed else None,
-        on_open=lambda run: _start_record(params, paths, module, flops, run),
+        on_open=lambda run: _start_record(params, paths, module, flops, digest, run),
     )
     history = EpochHistory(paths.checkpoints / HISTORY, flops)
     claim = resume.ClaimFolder(paths.checkpoints, key, lambda: logger.run, resumed is not None)
-    publish = Publish(params, paths, key, history)
+    publish = Publish(params, paths, key, history, digest)
     # state.json lives beside the checkpoints on purpose; Lightning's warning about a non-empty folder is noise.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     root = resume.preemption_dir(paths.checkpoints, key)
@@ -157,13 +160,13 @@ class Publish(pl.Callback):
     """The stage's outputs, written on global rank 0 once fit has succeeded and before Lightning ends the run:
     a failure here ends it FAILED, and data/train is replaced whole only when everything is ready."""
 
-    def __init__(self, params: Params, paths: Paths, key: str, history: EpochHistory):
-        self.params, self.paths, self.key, self.history = params, paths, key, history
+    def __init__(self, params: Params, paths: Paths, key: str, history: EpochHistory, digest: str):
+        self.params, self.paths, self.key, self.history, self.digest = params, paths, key, history, digest
         self.metrics: dict[str, float] = {}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.metrics = _finish(self.params, self.paths, self.key, trainer, pl_module, self.history)
+            self.metrics = _finish(self.params, self.paths, self.key, trainer, pl_module, self.history, self.digest)
 
 
 def summary(rows: list[dict[str, float]], monitor: str, best_score: float) -> dict[str, float]:
@@ -183,13 +186,13 @@ def summary(rows: list[dict[str, float]], monitor: str, best_score: float) -> di
 
 
 def _register(
-    params: Params, run: TrackedRun, module: CnnClassifier, examples: torch.Tensor, pulled: Path
+    params: Params, run: TrackedRun, module: CnnClassifier, examples: torch.Tensor, digest: str
 ) -> str | None:
     """Logs the model; registers it (see registry.should_register) with its description and provenance tags."""
     name = params.mlflow.registered_model if registry.should_register(params.mlflow, params.train) else None
     version = log_model(run, module, examples[:MODEL_EXAMPLES].numpy(), name)
     if version is not None:
-        shape, digest = tuple(module.hparams.input_shape), dvc_hash(pulled)
+        shape = tuple(module.hparams.input_shape)
         run.log_call(
             f"model version {version} description",
             lambda: registry.describe_version(run.client, name, version, module.classes, shape, digest),
@@ -198,7 +201,13 @@ def _register(
 
 
 def _finish(
-    params: Params, paths: Paths, key: str, trainer: pl.Trainer, module: CnnClassifier, history: EpochHistory
+    params: Params,
+    paths: Paths,
+    key: str,
+    trainer: pl.Trainer,
+    module: CnnClassifier,
+    history: EpochHistory,
+    digest: str,
 ) -> dict[str, float]:
     """Writes data/train (model.ckpt, run.json, figures) and the metrics; logs the model and its description."""
     run: TrackedRun = trainer.logger.run
@@ -215,7 +224,7 @@ def _finish(
             run.log_artifact(paths.checkpoints / name, "checkpoints")
         run.log_artifact(plots.training_curves(history.rows, staging / "training_curves.png"))
         examples = _log_model_description(run, module, paths.pulled, staging)
-        version = _register(params, run, module, examples, paths.pulled)
+        version = _register(params, run, module, examples, digest)
         RunRecord(
             run.run_id,
             params.mlflow.tracking_uri,  # as written: a relative store means the reader's own repository

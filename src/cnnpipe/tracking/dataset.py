@@ -108,8 +108,9 @@ def _relative(folder: Path) -> str:
     return folder.name
 
 
-def dataset_inputs(pulled: Path, contexts: Sequence[str] = ("train", "validation")) -> list[DatasetInput]:
-    """One input per context, for `MlflowClient().log_inputs(run_id, datasets=...)`.
+def dataset_inputs(pulled: Path, digest: str, contexts: Sequence[str] = ("train", "validation")) -> list[DatasetInput]:
+    """One input per context, for `MlflowClient().log_inputs(run_id, datasets=...)`; `digest` is the store's
+    `dvc_hash`, which its caller needs too (hashing a large store once is enough).
 
     Named `<data source>/<split>` (e.g. `fashion-mnist/train`): MLflow keeps only one input per run for each
     (name, digest), so the splits, which share the store's digest, need names of their own. The digest is the
@@ -121,7 +122,7 @@ def dataset_inputs(pulled: Path, contexts: Sequence[str] = ("train", "validation
     manifest = load_manifest(pulled)
     if unknown := [context for context in contexts if context not in CONTEXTS]:
         raise CnnpipeError(f"dataset context {unknown[0]!r}: valid are {', '.join(CONTEXTS)}")
-    digest = dvc_hash(pulled)[:MAX_DATASET_DIGEST_SIZE]  # 36 characters: never cut
+    digest = digest[:MAX_DATASET_DIGEST_SIZE]  # 36 characters: never cut
     source = DvcDatasetSource(path=_relative(pulled), data_source=manifest.source)
     tensors = TensorDatasetSchema(
         features=Schema([TensorSpec(np.dtype(np.float32), (-1, *manifest.shape), "image")]),

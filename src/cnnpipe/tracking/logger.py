@@ -19,7 +19,7 @@ from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cnnpipe.config import MlflowConfig
-from cnnpipe.tracking.mlflow_run import TrackedRun, flatten, start_run
+from cnnpipe.tracking.mlflow_run import TrackedRun, start_run
 from cnnpipe.tracking.system_metrics import SystemMetrics
 
 STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
@@ -67,10 +67,7 @@ class MlflowRunLogger(Logger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | BaseModel, *args: Any, **kwargs: Any) -> None:
-        """Params flattened to dotted keys (model.layers.0.out), as the params file names them."""
-        if isinstance(params, BaseModel):
-            params = params.model_dump(mode="json", by_alias=True)
-        self.experiment.log_params(flatten(dict(params)))
+        self.experiment.log_params(params)  # flattened to dotted keys there
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -196,6 +196,7 @@ def _remote() -> str | None:
 
 def run_tags(entry_point: str) -> dict[str, str]:
     """What the MLflow UI shows as Source and "Created by", the code's commit, and cnnpipe's own provenance."""
+    remote = _remote()
     tags = {
         "cnnpipe.version": cnnpipe.__version__,
         "cnnpipe.stage": entry_point,
@@ -203,7 +204,7 @@ def run_tags(entry_point: str) -> dict[str, str]:
         "mlflow.user": getpass.getuser(),
         "mlflow.source.type": "PROJECT",
         # where the code lives, never a path of this machine: the remote, else the repository's folder name
-        "mlflow.source.name": _remote() or Path(_git("rev-parse", "--show-toplevel") or Path.cwd()).name,
+        "mlflow.source.name": remote or Path(_git("rev-parse", "--show-toplevel") or Path.cwd()).name,
         "mlflow.project.entryPoint": entry_point,  # the DVC stage: `dvc repro <entry point>` reruns it
     }
     if commit := _git("rev-parse", "HEAD"):
@@ -211,7 +212,7 @@ def run_tags(entry_point: str) -> dict[str, str]:
         tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
     if branch := _git("rev-parse", "--abbrev-ref", "HEAD"):
         tags["mlflow.source.git.branch"] = branch
-    if remote := _remote():
+    if remote:
         tags["mlflow.source.git.repoURL"] = remote
     if experiment := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = experiment

@@ -1,11 +1,15 @@
-"""Training throughput of the train stage under different device settings, side by side in one run.
+"""Training throughput, side by side in one run: the train stage against a plain PyTorch loop on the same model,
+batch, data and augmentation, by precision and memory format (and torch.compile in the plain loop), each as a
+share of this machine's measured matmul peak.
 
-Each variant is a real `cnnpipe train` (the DDP ones launch their own processes) on this checkout's pulled
-data, in its own temporary folder with a SQLite store; images/s comes from metrics/train.json (training
-batches only, all ranks together). Run `make repro` or `cnnpipe pull && cnnpipe augment` first.
+The stage variants are real `cnnpipe train` runs in temporary folders (images/s from metrics/train.json:
+training batches only, all ranks together). The plain loop is what a person would write by hand: the pulled
+store, params.yaml's albumentations pipeline per batch, AdamW with one-cycle, no Lightning. Each variant runs
+2 epochs x --batches; the compiled loops are timed with their compile time and without it.
+Run `make repro` (or `cnnpipe pull && cnnpipe augment`) first.
 Usage:
-  .venv/bin/python benchmarks/throughput.py               # CPU: one process, channels_last, 2-process DDP (gloo)
-  .venv/bin/python benchmarks/throughput.py --gpu         # GPU: 32-true, bf16-mixed, bf16 + channels_last
+  .venv/bin/python benchmarks/throughput.py            # CPU
+  .venv/bin/python benchmarks/throughput.py --gpu      # one GPU
 """
 
 from __future__ import annotations
@@ -16,38 +20,129 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 import yaml
 
+from cnnpipe.config import Params, load_params
+from cnnpipe.data.augmentation import ONLINE, PIPELINE_FILE, augment_images, load_pipeline
+from cnnpipe.data.datamodule import to_model_input
+from cnnpipe.data.store import load_store
+from cnnpipe.models.network import build_model_network, forward_flops
+
 REPO = Path(__file__).resolve().parents[1]
-CPU_VARIANTS = {
-    "1 process, 32-true": {"accelerator": "cpu", "devices": 1},
-    "1 process, channels_last": {"accelerator": "cpu", "devices": 1, "channels_last": True},
-    "DDP 2 processes (gloo)": {"accelerator": "cpu", "devices": 2, "strategy": "ddp"},
-}
-GPU_VARIANTS = {
-    "1 GPU, 32-true": {"accelerator": "gpu", "devices": 1},
-    "1 GPU, bf16-mixed": {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"},
-    "1 GPU, bf16-mixed + channels_last": {
-        "accelerator": "gpu",
-        "devices": 1,
-        "precision": "bf16-mixed",
-        "channels_last": True,
-    },
-}
+PULLED, AUGMENTED = REPO / "data/pulled", REPO / "data/augmented"
 
 
-def images_per_second(raw: dict, train: dict, batches: int) -> float:
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    precision: str  # 32-true | bf16-mixed
+    channels_last: bool
+    compiled: bool = False
+    devices: int = 1
+
+
+CPU_VARIANTS = [
+    Variant("fp32, NCHW", "32-true", False),
+    Variant("fp32, channels_last", "32-true", True),
+    Variant("bf16-mixed, NCHW", "bf16-mixed", False),
+    Variant("bf16-mixed, channels_last", "bf16-mixed", True),
+    Variant("fp32, channels_last, compiled", "32-true", True, compiled=True),
+    Variant("bf16-mixed, channels_last, compiled", "bf16-mixed", True, compiled=True),
+    Variant("DDP 2 processes (gloo), fp32, channels_last", "32-true", True, devices=2),
+]
+GPU_VARIANTS = [
+    Variant("fp32, NCHW", "32-true", False),
+    Variant("bf16-mixed, NCHW", "bf16-mixed", False),
+    Variant("bf16-mixed, channels_last", "bf16-mixed", True),
+    Variant("bf16-mixed, channels_last, compiled", "bf16-mixed", True, compiled=True),
+]
+
+
+def peak_gflops(device: str, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    """The matmul FLOP/s this device reaches in `dtype`: the ceiling a convolutional network can approach."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def stage_images_per_second(raw: dict, variant: Variant, batches: int, accelerator: str) -> float:
+    """A real `cnnpipe train` in a temporary folder: the train stage as `dvc repro` runs it."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        for data in ("pulled", "augmented"):
-            shutil.copytree(REPO / "data" / data, root / "data" / data)
-        variant = {**raw, "train": {**raw["train"], "epochs": 2, "limit_train_batches": batches, **train}}
-        variant["mlflow"] = {**raw["mlflow"], "tracking_uri": f"sqlite:///{root}/mlflow.db"}
-        (root / "params.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
+        for data in (PULLED, AUGMENTED):
+            shutil.copytree(data, root / "data" / data.name)
+        train = {
+            "epochs": 2,
+            "limit_train_batches": batches,
+            "accelerator": accelerator,
+            "devices": variant.devices,
+            "strategy": "ddp" if variant.devices > 1 else "auto",
+            "precision": variant.precision,
+            "channels_last": variant.channels_last,
+        }
+        params = {**raw, "train": {**raw["train"], **train}}
+        params["mlflow"] = {**raw["mlflow"], "tracking_uri": f"sqlite:///{root}/mlflow.db", "register_model": "never"}
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         subprocess.run([sys.executable, "-m", "cnnpipe", "train"], cwd=root, check=True, capture_output=True)
-        return json.loads((root / "metrics/train.json").read_text())["images_per_sec"]
+        return json.loads((root / "metrics/train.json").read_text())["mean/images_per_sec"]
+
+
+def plain_loop_images_per_second(params: Params, variant: Variant, batches: int, device: str) -> tuple[float, float]:
+    """The same training by hand: (images/s of all steps, images/s without the first epoch's compile/warm-up)."""
+    manifest, splits = load_store(PULLED)
+    train = splits["train"]
+    pipeline = load_pipeline(AUGMENTED / PIPELINE_FILE) if params.augment.online else None
+    torch.manual_seed(params.seed)
+    _, network = build_model_network(params.model, manifest.shape, manifest.num_classes, manifest.mean, manifest.std)
+    network = network.to(device)
+    format_ = torch.channels_last if variant.channels_last else torch.contiguous_format
+    network = network.to(memory_format=format_)
+    model = torch.compile(network) if variant.compiled else network
+    cfg, batch = params.train, params.train.batch_size
+    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=2 * batches)
+    rng = np.random.default_rng(params.seed)
+    epoch_seconds = []
+    for epoch in range(2):
+        order = rng.permutation(len(train))
+        started = time.perf_counter()
+        for step in range(batches):
+            index = np.sort(order[step * batch : (step + 1) * batch])
+            images, labels = train.images[index], torch.from_numpy(np.asarray(train.labels[index], dtype=np.int64))
+            if pipeline is not None:
+                images = augment_images(pipeline, images, (params.seed, ONLINE, epoch, step))
+            inputs = to_model_input(images).to(device).contiguous(memory_format=format_)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=variant.precision == "bf16-mixed"):
+                loss = F.cross_entropy(model(inputs), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        epoch_seconds.append(time.perf_counter() - started)
+    images = batches * batch
+    return 2 * images / sum(epoch_seconds), images / epoch_seconds[1]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def main() -> None:
@@ -55,13 +150,38 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="the GPU variants instead of the CPU ones")
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch and process")
     args = parser.parse_args()
+    device, accelerator = ("cuda", "gpu") if args.gpu else ("cpu", "cpu")
+    params = load_params(REPO / "params.yaml")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    variants = GPU_VARIANTS if args.gpu else CPU_VARIANTS
-    results = {name: images_per_second(raw, train, args.batches) for name, train in variants.items()}
-    baseline = next(iter(results.values()))
-    print(f"\n{'variant':40} {'images/s':>10} {'ratio':>7}   (batch {raw['train']['batch_size']} per process)")
-    for name, value in results.items():
-        print(f"{name:40} {value:10.0f} {value / baseline:7.2f}")
+    manifest, _ = load_store(PULLED)
+    _, network = build_model_network(params.model, manifest.shape, manifest.num_classes, manifest.mean, manifest.std)
+    train_flops = 3 * forward_flops(network, manifest.shape)  # forward + backward, per image
+    peaks = {"32-true": peak_gflops(device, torch.float32), "bf16-mixed": peak_gflops(device, torch.bfloat16)}
+    where = torch.cuda.get_device_name() if args.gpu else f"{cpu_model()}, {torch.get_num_threads()} threads"
+    print(f"{datetime.now(UTC):%Y-%m-%d}, {where}; batch {params.train.batch_size}, {args.batches} batches x 2 epochs")
+    print(f"matmul peak: fp32 {peaks['32-true']:.0f} GFLOP/s, bf16 {peaks['bf16-mixed']:.0f} GFLOP/s")
+    print(f"training costs {train_flops / 1e6:.2f} MFLOP per image (3x forward)\n")
+    header = f"{'variant':44} {'plain loop':>11} {'steady':>8} {'stage':>8} {'stage/plain':>11} {'% of peak':>9}"
+    print(header + "\n" + "-" * len(header))
+    baseline = None
+    for variant in GPU_VARIANTS if args.gpu else CPU_VARIANTS:
+        plain = steady = float("nan")
+        if variant.devices == 1:
+            plain, steady = plain_loop_images_per_second(params, variant, args.batches, device)
+        stage = float("nan")
+        if not variant.compiled:  # the stage has no compile option: the plain loop shows why
+            stage = stage_images_per_second(raw, variant, args.batches, accelerator)
+        baseline = baseline or stage
+        best = stage if stage == stage else plain
+        share = 100 * best * train_flops / 1e9 / peaks[variant.precision]
+        print(
+            f"{variant.name:44} {plain:11.0f} {steady:8.0f} {stage:8.0f} {stage / plain:11.2f} {share:8.1f}%",
+            flush=True,
+        )
+    print(
+        "\nimages/s; plain loop: all steps, steady: the second epoch only (no compile or warm-up); "
+        "% of peak: the stage's (else the plain loop's) training FLOP/s against the matmul peak of its precision"
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def test_repository_params_are_valid():
         ("train", "lrr", 1, "train.lrr: unknown key"),
         ("data", "source", "imagenet", "data.source: Input should be 'fashion-mnist', 'mnist', 'cifar10'"),
         ("data", "val_fraction", 1.5, "data.val_fraction: Input should be less than 1"),
-        ("train", "precision", "8-bit", "train.precision: Input should be '32-true'"),
+        ("train", "precision", "8-bit", "train.precision: Input should be 'auto'"),
         ("train", "devices", "many", "train.devices: Input should be a valid integer"),
         ("augment", "copies", -1, "augment.copies: Input should be greater than or equal to 0"),
         ("data", "source", "imagefolder", "data.path: is required when data.source is 'imagefolder'"),

@@ -93,7 +93,12 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     _, (evaluation,) = mlflow_runs(workdir, "evaluate")
     assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id
     assert evaluation.info.run_name == f"{run.info.run_name}-eval" and evaluation.info.status == "FINISHED"
-    assert evaluation.data.params == {"evaluate.batch_size": "512", "evaluate.misclassified": "6"}
+    assert evaluation.data.params == {
+        "evaluate.batch_size": "512",
+        "evaluate.misclassified": "6",
+        "evaluate.tta": "auto",
+    }
+    assert evaluation.data.tags["evaluate.tta"] == "hflip"  # auto: params.yaml's augmentation mirrors the images
     assert evaluation.data.metrics["test/acc"] == pytest.approx(test_metrics["test/acc"])
     assert "evaluation" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
 

@@ -152,7 +152,9 @@ class TrainConfig(_Section):
     weight_decay: NonNegativeFloat = 0.0005
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    precision: Literal["auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true"] = Field(
+        "auto", description="auto: bf16-mixed where the CPU or GPU has bf16 units, else 32-true"
+    )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: PositiveInt | Annotated[list[NonNegativeInt], Field(min_length=1)] | Literal["auto"] = "auto"
     num_nodes: PositiveInt = 1
@@ -183,6 +185,9 @@ class TrainConfig(_Section):
 class EvaluateConfig(_Section):
     batch_size: PositiveInt = 512
     misclassified: NonNegativeInt = Field(36, description="examples in the misclassified grid")
+    tta: Literal["auto", "hflip", "none"] = Field(
+        "auto", description="test-time augmentation; auto: hflip when training mirrored the images, else none"
+    )
 
 
 class MlflowConfig(_Section):

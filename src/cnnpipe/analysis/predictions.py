@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.progress import track
 
 from cnnpipe.console import console
@@ -22,15 +23,21 @@ class Predictions:
 
 
 @torch.inference_mode()
-def predict(module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int) -> Predictions:
-    """Runs the whole split through the model in batches; uint8 [N, H, W, C] in, per-image predictions out."""
+def predict(
+    module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int, mirror: bool = False
+) -> Predictions:
+    """Runs the whole split through the model in batches; uint8 [N, H, W, C] in, per-image predictions out.
+
+    `mirror` (test-time flip): the probabilities are the mean of the image's and its left-right mirror's, for a
+    model trained on mirrored images; the loss is the cross-entropy of those mean probabilities."""
     predicted, confidence, total_loss = [], [], 0.0
     for start in track(range(0, len(images), batch_size), description="Evaluating", console=console):
         batch = to_model_input(images[start : start + batch_size])
         targets = torch.from_numpy(np.array(labels[start : start + batch_size]))
-        logits = module(batch)
-        total_loss += float(module.loss(logits, targets)) * len(targets)
-        probabilities = module.probabilities(logits)
+        probabilities = module.probabilities(module(batch))
+        if mirror:
+            probabilities = (probabilities + module.probabilities(module(batch.flip(3)))) / 2
+        total_loss += float(F.nll_loss(probabilities.clamp_min(1e-12).log(), targets, reduction="sum"))
         best = probabilities.max(dim=1)
         predicted.append(best.indices.numpy())
         confidence.append(best.values.numpy())

@@ -122,6 +122,16 @@ def load_pipeline(path: Path) -> A.Compose:
         raise CnnpipeError(f"{path}: not an albumentations pipeline ({message}); rerun the augment stage") from None
 
 
+def flips_horizontally(pipeline: A.BaseCompose) -> bool:
+    """Whether the pipeline may mirror an image left-right, at any depth (inside OneOf, SomeOf, ...)."""
+    return any(
+        flips_horizontally(transform)
+        if isinstance(transform, A.BaseCompose)
+        else isinstance(transform, A.HorizontalFlip) and transform.p > 0
+        for transform in pipeline.transforms
+    )
+
+
 def _seed_own_state(compose: A.BaseCompose, seed: int) -> None:
     """BaseCompose.set_random_seed for the compose itself, without handing `seed` to its children."""
     compose.seed = seed

@@ -19,6 +19,7 @@ from cnnpipe.data.augmentation import (
     ONLINE,
     PIPELINE_FILE,
     augment_images,
+    flips_horizontally,
     load_pipeline,
 )
 from cnnpipe.data.sampling import EpochSampler
@@ -99,6 +100,16 @@ class ImageDataModule(pl.LightningDataModule):
     @property
     def manifest(self) -> Manifest:
         return self._manifest
+
+    @property
+    def trains_mirrored(self) -> bool:
+        """Whether training sees images mirrored left-right (online or in the stored copies): the model then
+        learns that a mirrored picture is the same class, and evaluate may average both views (test-time flip)."""
+        pipeline = self.augmented and self.augmented / PIPELINE_FILE
+        if not pipeline or not pipeline.exists():
+            return False
+        used = self.online or (self.augmented / COPIES_IMAGES).exists()
+        return used and flips_horizontally(load_pipeline(pipeline))
 
     def _stored_copies(self, train: Split) -> list[Split]:
         images = self.augmented and self.augmented / COPIES_IMAGES

@@ -52,7 +52,9 @@ class CnnClassifier(pl.LightningModule):
         classes: list[str],
         mean: list[float],
         std: list[float],
+        trained_mirrored: bool = False,
     ):
+        """`trained_mirrored`: training augmentation flipped images left-right (see ImageDataModule)."""
         super().__init__()
         self.save_hyperparameters(logger=False)  # the tracking module logs params.yaml itself, flattened
         self.model_config = ModelConfig.model_validate(model)
@@ -61,6 +63,7 @@ class CnnClassifier(pl.LightningModule):
         self.plan: list[PlannedLayer] | None
         self.plan, self.network = build_model_network(self.model_config, tuple(input_shape), len(classes), mean, std)
         self.binary = len(classes) == 2
+        self.trained_mirrored = trained_mirrored
         self.example_input_array = torch.zeros(1, *input_shape)
         self.channels_last = False  # decided in on_fit_start, once Lightning has chosen the device and precision
         task_metrics = {"task": "multiclass", "num_classes": len(classes)}

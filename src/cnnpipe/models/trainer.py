@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProg
 from cnnpipe.config import TrainConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models import resume
+from cnnpipe.models.hardware import auto_precision
 
 # The Trainer arguments Lightning may reject, by the params key that sets them (named in the error).
 TRAINER_KEYS = (
@@ -90,7 +91,7 @@ def build_trainer(
                 devices=cfg.devices,
                 num_nodes=cfg.num_nodes,
                 strategy=cfg.strategy,
-                precision=cfg.precision,
+                precision=auto_precision(cfg.accelerator) if cfg.precision == "auto" else cfg.precision,
                 sync_batchnorm=cfg.sync_batchnorm,
                 deterministic=cfg.deterministic,
                 limit_train_batches=cfg.limit_train_batches,

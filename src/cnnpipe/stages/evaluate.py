@@ -28,6 +28,7 @@ from cnnpipe.tracking.mlflow_run import TrackedRun, metric_key
 from cnnpipe.tracking.run_record import EvaluationStore, RunRecord, evaluation_store
 
 LOCK_FILE = Path("dvc.lock")
+TTA = {True: "hflip", False: "none"}  # what evaluate.tta resolved to, as the run's tag says it
 
 
 def scores(result: Predictions, matrix: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -42,6 +43,12 @@ def scores(result: Predictions, matrix: np.ndarray, classes: list[str]) -> dict[
             for name, acc in zip(classes, per_class, strict=True)
         },
     }
+
+
+def flip_at_test_time(tta: str, trained_mirrored: bool) -> bool:
+    """evaluate.tta resolved: `auto` mirrors test images only for a model whose training mirrored them
+    (digits or text would change class); hflip asks for it by name."""
+    return tta == "hflip" or (tta == "auto" and trained_mirrored)
 
 
 def run(params: Params, paths: Paths = Paths()) -> dict:
@@ -61,7 +68,8 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
     record = RunRecord.read(run_file)
     store = evaluation_store(record, run_file)
     test = splits["test"]
-    result = predict(module, test.images, test.labels, params.evaluate.batch_size)
+    mirror = flip_at_test_time(params.evaluate.tta, module.trained_mirrored)
+    result = predict(module, test.images, test.labels, params.evaluate.batch_size, mirror)
     matrix = confusion(result.labels, result.predicted, manifest.num_classes)
     metrics = scores(result, matrix, manifest.classes)
     with replaced_files(paths.plots) as staging:
@@ -71,14 +79,15 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
         warn(store.note)
     tracked = store.start()
     try:
+        tracked.set_tag("evaluate.tta", TTA[mirror])
         _log(tracked, params, store, metrics, [paths.plots / figure.name for figure in figures], paths.pulled)
     except BaseException as exc:
         tracked.end_after(exc)
         raise
     tracked.finish()
     console.print(
-        f"Test accuracy {metrics['test/acc']:.4f}, loss {metrics['test/loss']:.4f} on {metrics['test/count']} images; "
-        f"MLflow run {tracked.run_id}"
+        f"Test accuracy {metrics['test/acc']:.4f}, loss {metrics['test/loss']:.4f} on {metrics['test/count']} images "
+        f"(test-time augmentation: {TTA[mirror]}); MLflow run {tracked.run_id}"
     )
     return metrics
 

@@ -52,6 +52,7 @@ def build_module(params: Params, datamodule: ImageDataModule) -> CnnClassifier:
         classes=manifest.classes,
         mean=manifest.mean,
         std=manifest.std,
+        trained_mirrored=datamodule.trains_mirrored,
     )
 
 

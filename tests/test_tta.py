@@ -1,0 +1,69 @@
+"""Test-time flip: used only for a model that training taught mirrored pictures, and averaged correctly."""
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+from cnnpipe.analysis.predictions import predict
+from cnnpipe.config import TrainConfig
+from cnnpipe.data.augmentation import flips_horizontally
+from cnnpipe.models.module import CnnClassifier
+from cnnpipe.stages.evaluate import flip_at_test_time
+from tests.test_datamodule import datamodule, make_data
+
+FLIP = {"HorizontalFlip": {"p": 0.5}}
+SHIFT = [
+    {"PadIfNeeded": {"min_height": 12, "min_width": 12, "border_mode": 0}},
+    {"RandomCrop": {"height": 10, "width": 10}},
+]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "mirrors"),
+    [
+        (A.Compose([A.HorizontalFlip(p=0.5)]), True),
+        (A.Compose([A.VerticalFlip(p=0.5), A.Rotate(limit=10)]), False),
+        (A.Compose([A.OneOf([A.Blur(), A.Sequential([A.HorizontalFlip(p=1.0)])])]), True),
+        (A.Compose([A.HorizontalFlip(p=0.0)]), False),
+    ],
+)
+def test_a_pipeline_mirrors_when_any_horizontal_flip_may_fire(pipeline, mirrors):
+    assert flips_horizontally(pipeline) is mirrors
+
+
+@pytest.mark.parametrize(
+    ("transforms", "online", "copies", "mirrored"),
+    [([FLIP, *SHIFT], True, 0, True), (SHIFT, True, 0, False), ([FLIP], False, 0, False), ([FLIP], False, 1, True)],
+)
+def test_the_datamodule_knows_whether_training_saw_mirrored_images(tmp_path, transforms, online, copies, mirrored):
+    make_data(tmp_path, transforms, copies)
+    assert datamodule(tmp_path, online=online).trains_mirrored is mirrored
+
+
+@pytest.mark.parametrize(
+    ("tta", "trained_mirrored", "mirror"),
+    [("auto", True, True), ("auto", False, False), ("none", True, False), ("hflip", False, True)],
+)
+def test_auto_flips_only_what_training_mirrored(tta, trained_mirrored, mirror):
+    assert flip_at_test_time(tta, trained_mirrored) is mirror
+
+
+def test_mirrored_predictions_are_the_mean_of_both_views():
+    torch.manual_seed(0)
+    layers = [{"type": "conv", "out": 4, "kernel": 3}, {"type": "relu"}, {"type": "flatten"}]
+    module = CnnClassifier(
+        {"layers": layers}, TrainConfig().model_dump(mode="json"), (1, 8, 8), list("abc"), [0.5], [0.25]
+    )
+    module.eval()
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(20) % 3
+    plain, mirrored = (predict(module, images, labels, 7, mirror) for mirror in (False, True))
+    with torch.no_grad():
+        batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        both = (module.probabilities(module(batch)) + module.probabilities(module(batch.flip(3)))) / 2
+    assert np.array_equal(mirrored.predicted, both.argmax(1).numpy())
+    assert np.allclose(mirrored.confidence, both.max(1).values.numpy(), atol=1e-6)
+    expected_loss = float(torch.nn.functional.nll_loss(both.log(), torch.from_numpy(labels)))
+    assert mirrored.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert not np.allclose(plain.confidence, mirrored.confidence)  # the network is not symmetric: both views count

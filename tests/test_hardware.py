@@ -1,11 +1,12 @@
 """The `auto` precision: decided by the CPU's bf16 instructions as Linux lists them, and by the GPU."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from cnnpipe.config import TrainConfig
-from cnnpipe.models.hardware import auto_precision, chosen_accelerator, cpu_has_bf16
+from cnnpipe.models.hardware import auto_precision, auto_workers, chosen_accelerator, cpu_has_bf16
 from cnnpipe.models.trainer import build_trainer
 
 ZEN4 = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
@@ -36,3 +37,10 @@ def test_auto_precision_on_this_cpu_follows_its_flags_and_is_what_lightning_runs
         build_trainer(TrainConfig(accelerator="cpu", devices=1, precision="32-true"), tmp_path, tmp_path, []).precision
         == "32-true"
     )
+
+
+def test_auto_workers_overlap_augmentation_with_training_only_when_there_is_some():
+    cores = len(os.sched_getaffinity(0))
+    assert auto_workers("cpu", augments_online=True) == 1  # the other cores compute
+    assert auto_workers("cpu", augments_online=False) == 0  # a batch is a memory copy
+    assert auto_workers("gpu", augments_online=True) == max(1, min(8, cores - 1))

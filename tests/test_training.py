@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnpipe.models.hardware import auto_precision
 from cnnpipe.tracking.dataset import dvc_hash
 from tests.helpers import run_cnnpipe, small_run_params, write_params
 
@@ -62,6 +63,10 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
         train_metrics["mean/images_per_sec"] * 3 * run.data.metrics["forward_mflops"] / 1e3, rel=1e-6
     )
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "PROJECT"
+    # what `auto` resolved to on this machine: its precision, NHWC on a CPU, one worker augmenting ahead
+    assert run.data.tags["cnnpipe.trainer"].endswith(
+        f"precision {auto_precision('cpu')}, channels_last True, loader workers 1"
+    )
     assert str(workdir) not in run.data.tags["mlflow.source.name"]  # no path of this machine
     contexts = {
         tag.value for data in run.inputs.dataset_inputs for tag in data.tags if tag.key == "mlflow.data.context"

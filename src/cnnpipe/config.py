@@ -164,7 +164,10 @@ class TrainConfig(_Section):
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="NHWC memory format; auto: on a CPU, and on a GPU with 16-bit precision"
     )
-    num_workers: NonNegativeInt = 0
+    num_workers: NonNegativeInt | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes; auto: 1 on a CPU, up to 8 beside a GPU, 0 without augmentation",
+    )
     deterministic: bool = False
     monitor: Literal["val/acc", "val/loss"] = "val/acc"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()

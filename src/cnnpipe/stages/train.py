@@ -26,6 +26,7 @@ from cnnpipe.data.datamodule import ImageDataModule, to_model_input
 from cnnpipe.data.store import load_store
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
+from cnnpipe.models.hardware import auto_workers
 from cnnpipe.models.module import CnnClassifier
 from cnnpipe.models.network import forward_flops, shape_table, widths
 from cnnpipe.models.trainer import build_trainer, describe
@@ -105,7 +106,11 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
         paths.pulled,
         paths.augmented,
         batch_size=params.train.batch_size,
-        num_workers=params.train.num_workers,
+        num_workers=(
+            auto_workers(params.train.accelerator, params.augment.online)
+            if params.train.num_workers == "auto"
+            else params.train.num_workers
+        ),
         seed=params.seed,
         online=params.augment.online,
     )
@@ -218,7 +223,10 @@ def _finish(
     }
     run.log_metrics(metrics)
     # what ran: Lightning resolves `auto` by the hardware, the module its memory format
-    run.set_tag("cnnpipe.trainer", f"{describe(trainer)}, channels_last {module.channels_last}")
+    run.set_tag(
+        "cnnpipe.trainer",
+        f"{describe(trainer)}, channels_last {module.channels_last}, loader workers {trainer.datamodule.num_workers}",
+    )
     with replaced_atomically(paths.trained) as staging:
         shutil.copyfile(paths.checkpoints / resume.BEST, staging / "model.ckpt")
         for name in (resume.BEST, resume.LAST):

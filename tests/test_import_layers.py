@@ -1,7 +1,8 @@
 """The layers of cnnpipe, and that imports only point down: a lower layer never imports a higher one.
 
-config at the floor (with the small modules everything uses); data/ and models/ above it; analysis/ reads
-models and data; tracking/ (MLflow) above those; stages/ (one module per DVC stage) above all; the CLI on top.
+config at the floor (with the small modules everything uses); data/ and models/ above it; analysis/ and
+inference/ (predict, export) read models and data; tracking/ (MLflow) above those; stages/ (one module per DVC
+stage) above all; the CLI on top.
 Two parts of one layer never import each other either, so there is no cycle between packages.
 """
 
@@ -14,7 +15,7 @@ LAYERS = [  # lowest first; a package name covers its modules
     {"cnnpipe.layers"},
     {"cnnpipe.config"},
     {"cnnpipe.data", "cnnpipe.models"},
-    {"cnnpipe.analysis"},
+    {"cnnpipe.analysis", "cnnpipe.inference"},
     {"cnnpipe.tracking"},
     {"cnnpipe.stages"},
     {"cnnpipe.cli"},

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from cnnpipe.models.hardware import auto_precision
+from cnnpipe.models.module import load_model
 from cnnpipe.tracking.dataset import dvc_hash
 from tests.helpers import run_cnnpipe, small_run_params, write_params
 
@@ -149,10 +151,17 @@ def test_registered_model_answers_mlflow_models_predict_at_champion(workdir, raw
         check=True,
         capture_output=True,
     )
-    probabilities = np.array(json.loads((workdir / "out.json").read_text())["predictions"])
-    assert probabilities.shape == (4, 3)  # one probability per class: Trouser, Bag, Sneaker
+    rows = json.loads((workdir / "out.json").read_text())["predictions"]  # the class, then a column per class
+    classes = ["Trouser", "Bag", "Sneaker"]
+    probabilities = np.array([[row[name] for name in classes] for row in rows])
+    assert probabilities.shape == (4, 3)
+    assert [row["class"] for row in rows] == [classes[i] for i in probabilities.argmax(axis=1)]
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert (probabilities.argmax(axis=1) == test_labels).mean() >= 0.75
+    with torch.no_grad():  # the served weights are model.ckpt's (the best epoch), not the last epoch's
+        delivered = load_model(workdir / "data/train/model.ckpt")
+        expected = delivered.probabilities(delivered(torch.from_numpy(batch))).numpy()
+    assert np.allclose(probabilities, expected, atol=1e-5)
 
 
 def test_an_interrupted_training_resumes_into_the_same_run(workdir, raw_params):

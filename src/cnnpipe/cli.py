@@ -154,6 +154,100 @@ def _compare(args: argparse.Namespace) -> None:
     console.print(*table.to_tables(f"{experiment}: best {table.metric} first", console.width))
 
 
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise CnnpipeError(f"{name}: must be a whole number of 1 or more, got {text!r}")
+        return value
+
+    return parse
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """The classes of image files, folders (at any depth) and archives by a trained model, as CSV or JSON;
+    exit code 1 when some files could not be read (they are listed and skipped)."""
+    import tempfile
+
+    from rich.console import Console
+
+    from cnnpipe.config import LimitsConfig
+    from cnnpipe.console import console, note, warn
+    from cnnpipe.inference import inputs, predict
+
+    fmt = predict.output_format(args.output) if args.output else "csv"
+    params = load_params(args.params) if args.params.exists() else None
+    limits = params.data.limits if params else LimitsConfig()
+    with tempfile.TemporaryDirectory(prefix="cnnpipe-predict-") as scratch:
+        found = inputs.collect(args.inputs, Path(scratch), limits)  # a bad INPUT stops before the model loads
+        model = _prediction_model(args, params)
+        shown = console if args.output else Console(stderr=True)  # stdout carries the CSV or JSON
+        outcome = predict.predict(model, found, args.batch_size, args.top_k, limits.max_image_pixels, shown)
+    text = predict.render(outcome, model, fmt, args.top_k)
+    if args.output:
+        predict.write(args.output, text)
+    else:
+        sys.stdout.write(text)
+    for where, count in found.skipped.items():
+        note(f"skipped {count} non-image file(s) in {where}")
+    if outcome.converted:
+        channels = "greyscale" if model.shape[0] == 1 else "RGB"
+        note(f"{outcome.converted} image(s) converted to {channels}, the model's input, as pull converts them")
+    for name, reason in outcome.failed[:20]:
+        warn(f"skipped {name}: {reason}")
+    if len(outcome.failed) > 20:
+        warn(f"... and {len(outcome.failed) - 20} more unreadable file(s), each listed with its reason in the output")
+    shown.print(
+        f"{len(outcome.predictions):,} images in {outcome.seconds:.2f} s ({outcome.images_per_second:,.0f} images/s)"
+        f" by {model.source}{f' -> {args.output}' if args.output else ''}"
+        + (f"; {len(outcome.failed)} failed" if outcome.failed else ""),
+        soft_wrap=True,
+    )
+    return 1 if outcome.failed else 0
+
+
+def _prediction_model(args: argparse.Namespace, params):
+    """--model: a checkpoint file, or an MLflow model URI (models:/NAME@ALIAS, runs:/ID/model) in the tracking
+    store of --tracking-uri, else of the params file."""
+    if ":/" not in args.model:
+        from cnnpipe.inference.model import from_checkpoint
+
+        return from_checkpoint(Path(args.model))
+    from cnnpipe.config import MlflowConfig
+    from cnnpipe.tracking.mlflow_model import load_classifier
+    from cnnpipe.tracking.mlflow_run import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri or (params.mlflow if params else MlflowConfig()).tracking_uri)
+    check_reachable(uri)
+    return load_classifier(args.model, uri)
+
+
+def _export_format(text: str) -> str:
+    if text not in ("onnx", "torchscript"):
+        raise CnnpipeError(f"--format: {text!r} is no export format; choose onnx or torchscript")
+    return text
+
+
+def _export(args: argparse.Namespace) -> None:
+    """ONNX and TorchScript files of data/train/model.ckpt, each checked against PyTorch on real images. Without
+    options: the DVC stage (export.formats into data/export/, logged into the training's MLflow run); with
+    --format: one file (default model.onnx or model.pt here), not logged."""
+    if args.output and not args.format:
+        raise CnnpipeError("--output: needs --format onnx or --format torchscript (one file)")
+    params = load_params(args.params)
+    from cnnpipe.inference.export import FILES
+    from cnnpipe.paths import Paths
+    from cnnpipe.stages import export
+
+    output = args.output or (Path(FILES[args.format]) if args.format else None)
+    if output is not None:
+        _check_output_file(output)
+    export.run(params, Paths(params_file=args.params), args.format, output)
+
+
 def _write(path: Path, data: bytes) -> None:
     """--output in one write, after all the work: nothing is left half-written by a failed encoder."""
     try:
@@ -162,7 +256,7 @@ def _write(path: Path, data: bytes) -> None:
         raise CnnpipeError(f"--output: cannot write {path}: {exc.strerror}") from None
 
 
-TOOLS = {"check": _check, "rf": _rf, "kernels": _kernels, "compare": _compare}
+TOOLS = {"check": _check, "rf": _rf, "kernels": _kernels, "compare": _compare, "predict": _predict, "export": _export}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -206,6 +300,21 @@ def parser() -> argparse.ArgumentParser:
     runs.add_argument("--metrics", help="comma-separated metric columns (default: test, validation, speed, rf)")
     runs.add_argument("--format", choices=("md", "csv"), help="print Markdown or CSV instead of a table")
     runs.add_argument("--output", type=Path, help="with --format: write to this file instead of stdout")
+    predicting = commands.add_parser("predict", help=_predict.__doc__)
+    predicting.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (at any depth), archives")
+    predicting.add_argument(
+        "--model",
+        default="data/train/model.ckpt",
+        help="a checkpoint (default: data/train/model.ckpt) or an MLflow model URI: models:/cnnpipe@champion, "
+        "runs:/RUN_ID/model",
+    )
+    predicting.add_argument("--output", type=Path, help="predictions.csv or predictions.json (default: CSV on stdout)")
+    predicting.add_argument("--top-k", type=_positive("--top-k"), default=3, help="classes per image (default 3)")
+    predicting.add_argument("--batch-size", type=_positive("--batch-size"), default=256, help="images per batch")
+    predicting.add_argument("--tracking-uri", help="for an MLflow URI (default: mlflow.tracking_uri of params.yaml)")
+    exporting = commands.add_parser("export", help=_export.__doc__)
+    exporting.add_argument("--format", type=_export_format, help="onnx or torchscript: one file, not logged")
+    exporting.add_argument("--output", type=Path, help="with --format: the file to write")
     return root
 
 
@@ -213,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)  # inside: --input and --classes are checked as they are parsed
         if args.command in TOOLS:
-            TOOLS[args.command](args)
+            return TOOLS[args.command](args) or 0
         else:
             from cnnpipe.paths import Paths
 

@@ -193,6 +193,23 @@ class EvaluateConfig(_Section):
     )
 
 
+class ExportConfig(_Section):
+    """The `export` stage: the trained model as ONNX and TorchScript files, each checked against PyTorch."""
+
+    formats: Annotated[list[Literal["onnx", "torchscript"]], Field(min_length=1)] = ["onnx", "torchscript"]
+    opset: int = Field(18, ge=14, le=23, description="ONNX opset: 18 runs on onnxruntime 1.14 and newer")
+    verify_images: PositiveInt = Field(1000, description="real images (test split first) both runtimes answer")
+    tolerance: PositiveFloat = Field(1e-4, description="largest |probability difference| allowed against PyTorch")
+    batch_size: PositiveInt = 256
+
+    @field_validator("formats")
+    @classmethod
+    def _distinct(cls, formats: list[str]) -> list[str]:
+        if len(set(formats)) != len(formats):
+            raise ValueError("export.formats lists a format twice")
+        return formats
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = Field("cnnpipe", min_length=1)
@@ -217,6 +234,7 @@ class Params(_Section):
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

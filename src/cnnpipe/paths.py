@@ -19,6 +19,7 @@ class Paths:
     trained: Path = Path("data/train")  # train: model.ckpt, run.json (the MLflow run evaluate links to)
     metrics: Path = Path("metrics")  # train.json, test.json, train_history.csv
     plots: Path = Path("plots")  # evaluate: confusion matrix, misclassified grid, predictions.csv
+    exported: Path = Path("data/export")  # export: model.onnx, model.pt (TorchScript), export.json
 
     @classmethod
     def under(cls, root: Path, params_file: Path | None = None) -> Paths:

@@ -27,7 +27,7 @@ from cnnpipe.data.store import load_store
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.hardware import auto_workers
-from cnnpipe.models.module import CnnClassifier
+from cnnpipe.models.module import CnnClassifier, load_model
 from cnnpipe.models.network import forward_flops, shape_table, widths
 from cnnpipe.models.trainer import build_trainer, describe
 from cnnpipe.outputs import replaced_atomically, write_atomically
@@ -83,7 +83,7 @@ def _start_record(
 ) -> None:
     """What a new run starts with: the params that train reads (evaluate's are its own run's), the network as
     built, the data as an MLflow dataset, and the files behind them."""
-    run.log_params(params.model_dump(mode="json", by_alias=True, exclude={"evaluate"}))
+    run.log_params(params.model_dump(mode="json", by_alias=True, exclude={"evaluate", "export"}))  # their own runs
     run.log_params({"model.built_widths": ",".join(map(str, widths(module.network)))})
     run.log_metrics({"parameters": sum(p.numel() for p in module.parameters()), "forward_mflops": flops / 1e6})
     run.log_call("dataset", lambda: run.client.log_inputs(run.run_id, datasets=dataset_inputs(paths.pulled, digest)))
@@ -232,8 +232,9 @@ def _finish(
         for name in (resume.BEST, resume.LAST):
             run.log_artifact(paths.checkpoints / name, "checkpoints")
         run.log_artifact(plots.training_curves(history.rows, staging / "training_curves.png"))
-        examples = _log_model_description(run, module, paths.pulled, staging)
-        version = _register(params, run, module, examples, digest)
+        delivered = load_model(paths.checkpoints / resume.BEST)  # the weights of model.ckpt, not the last epoch's
+        examples = _log_model_description(run, delivered, paths.pulled, staging)
+        version = _register(params, run, delivered, examples, digest)
         RunRecord(
             run.run_id,
             params.mlflow.tracking_uri,  # as written: a relative store means the reader's own repository

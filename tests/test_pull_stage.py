@@ -51,3 +51,20 @@ def test_pull_imagefolder_is_seeded_and_stratified(tmp_path, raw_params):
     _, other = load_store(tmp_path / "c")
     assert not np.array_equal(first["val"].images, other["val"].images)
     assert other["val"].labels.tolist().count(2) == 4  # still stratified
+
+
+def test_pull_imagefolder_gives_the_same_store_on_one_process_or_two(tmp_path, raw_params):
+    folder = make_image_folder(tmp_path / "pets", classes=("cat", "dog", "emu"), per_class=200, size=(8, 8), fmt=MIXED)
+    one = pull.run(imagefolder_params(raw_params, folder, workers=1), Paths(pulled=tmp_path / "one"))
+    two = pull.run(imagefolder_params(raw_params, folder, workers=2), Paths(pulled=tmp_path / "two"))
+    assert one == two and one.counts == {"train": 360, "val": 120, "test": 120}  # 3 batches of 256 and more
+    _, arrays = load_store(tmp_path / "two", verify=True)
+    pixels = np.asarray(arrays["train"].images, dtype=np.float64) / 255
+    assert np.allclose(two.mean, pixels.mean(axis=(0, 1, 2)), atol=1e-6)
+    assert np.allclose(two.std, pixels.std(axis=(0, 1, 2)), atol=1e-6)
+
+
+def test_an_imagefolder_without_a_path_is_refused_by_the_config(raw_params):
+    raw_params["data"]["source"] = "imagefolder"  # data.path still names torchvision's stand-in
+    with pytest.raises(CnnpipeError, match=r"data.path: is required when data.source is 'imagefolder': set it"):
+        parse_params(raw_params)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cnnpipe.data.store import Split, load_manifest, load_store, save_store
+from cnnpipe.data.store import Split, SplitStream, load_manifest, load_store, save_store, write_store
 from cnnpipe.errors import CnnpipeError
 
 FILES = sorted([f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("images", "labels")] + ["manifest.json"])
@@ -63,3 +63,23 @@ def test_a_failed_save_leaves_the_existing_store_untouched(tmp_path):
     assert load_store(tmp_path / "store", verify=True)[0] == first
     assert json.loads((tmp_path / "store/manifest.json").read_text())["checksums"] == first.checksums
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # no staging folder left behind
+
+
+def in_sevens(data: dict[str, Split]) -> dict[str, SplitStream]:
+    def sevens(images):
+        yield from ((images[start : start + 7], None) for start in range(0, len(images), 7))
+
+    return {name: SplitStream(part.labels, part.images.shape[1:], sevens(part.images)) for name, part in data.items()}
+
+
+def test_a_store_written_batch_by_batch_is_the_one_saved_at_once(tmp_path):
+    data = splits(np.random.default_rng(4), n=100)
+    whole = save_store(tmp_path / "whole", data, list("abcd"), "x", 0, 0.1)
+    assert write_store(tmp_path / "batches", in_sevens(data), list("abcd"), "x", 0, 0.1) == whole
+    assert np.array_equal(np.load(tmp_path / "batches/train_images.npy"), data["train"].images)
+
+    three = SplitStream(data["test"].labels, (6, 5, 3), iter([(data["test"].images[:3], None)]))
+    short = dict(in_sevens(data), test=three)
+    with pytest.raises(ValueError, match="test_images.npy: 3 images written, 50 labels"):
+        write_store(tmp_path / "batches", short, list("abcd"), "x", 0, 0.1)
+    assert load_store(tmp_path / "batches", verify=True)[0] == whole

@@ -30,6 +30,9 @@ from cnnpipe.layers import LAYER_PRESETS, LAYER_TYPES, PRESETS, TORCHVISION_PREF
 DEFAULT_PARAMS = Path("params.yaml")
 Fraction = Annotated[float, Field(gt=0, le=1)]  # of the batches, as Lightning's limit_*_batches take it
 SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
+# dvc.yaml's pull stage depends on ${data.path}, and DVC needs a path that exists: torchvision's data sets, pinned by
+# their checksums, name this stand-in (params.yaml's default), which never changes.
+TORCHVISION_STAND_IN = "src/cnnpipe/data/torchvision.md"
 
 
 class _Section(BaseModel):
@@ -49,7 +52,10 @@ class DataConfig(_Section):
     """Where the images come from and how the validation split is drawn (the `pull` stage)."""
 
     source: Literal[SOURCES] = "fashion-mnist"
-    path: str | None = Field(None, description="imagefolder directory, or archive path or URL")
+    path: str | None = Field(
+        None,
+        description=f"imagefolder directory, or archive path or URL; DVC watches it ({TORCHVISION_STAND_IN} otherwise)",
+    )
     mirrors: list[Path] = Field(
         default_factory=lambda: [Path("/usr/share/datasets/fashion-mnist")],
         description="directories searched for torchvision's dataset files before downloading",
@@ -63,11 +69,13 @@ class DataConfig(_Section):
     classes: list[str] = Field(default_factory=list, description="keep only these classes; empty keeps all")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     limits: LimitsConfig = LimitsConfig()
+    workers: PositiveInt | None = Field(None, description="processes that decode image files; default: all cores")
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataConfig:
-        if self.source in ("imagefolder", "archive") and not self.path:
-            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.source in ("imagefolder", "archive") and self.path in (None, "", TORCHVISION_STAND_IN):
+            what = "a folder of class subfolders" if self.source == "imagefolder" else "a .tar.gz/.zip path or URL"
+            raise ValueError(f"data.path is required when data.source is '{self.source}': set it to {what}")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("data.classes lists a class twice")
         return self

@@ -1,14 +1,14 @@
 """Where images come from: torchvision's data sets (mirrors first), a folder of class subfolders, an archive.
 
-Every source ends as uint8 [N, H, W, C] arrays with int64 labels and class names, split into train and
-test; `pull` then splits a seeded, stratified validation set off the training part.
+torchvision's come as uint8 [N, H, W, C] arrays with int64 labels and class names, split into train and test;
+image folders and archives as file lists (`imagefolder.py`), which `pull` decodes straight into the store and
+`load` into memory. `pull` then splits a seeded, stratified validation set off the training part.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from rich.progress import track
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from cnnpipe.config import DataConfig
-from cnnpipe.console import console, note
+from cnnpipe.console import note
+from cnnpipe.data import imagefolder
 from cnnpipe.data.archive import unpack
-from cnnpipe.data.decode import GREYSCALE_MODES, decode, read_mode
+from cnnpipe.data.decode_pool import DecodePool
+from cnnpipe.data.imagefolder import FileSplit, Listing
+from cnnpipe.data.splits import class_mapping, stratified_mask
 from cnnpipe.data.store import Split
 from cnnpipe.errors import CnnpipeError
 
-IMAGEFOLDER_TEST_FRACTION = 0.2  # an imagefolder without train/ and test/ subfolders gives 20% to test
+FOLDER_SOURCES = ("imagefolder", "archive")  # decoded from image files; the others come as arrays
 # Debian's dataset-fashion-mnist package recompresses torchvision's files: the .gz MD5s differ, the
 # decompressed contents are the same. These are the SHA-256 sums of the decompressed files.
 CONTENT_SHA256 = {
@@ -143,90 +144,28 @@ def convert(images: np.ndarray, channels: int | None, size: tuple[int, int] | No
     return images
 
 
-# ---- image folders --------------------------------------------------------------------------------------
+# ---- image folders and archives -------------------------------------------------------------------------
 
 
-def _entries(folder: Path, recursive: bool = False) -> list[Path]:
-    """The entries of `folder` (at every depth when `recursive`), sorted. A broken symbolic link is refused: it
-    would drop a class folder or an image without a word."""
-    try:
-        entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    except OSError as exc:
-        raise CnnpipeError(f"data.path: cannot list {exc.filename or folder}: {exc.strerror or exc}") from None
-    if broken := next((entry for entry in entries if entry.is_symlink() and not entry.exists()), None):
-        raise CnnpipeError(
-            f"data.path: {broken} is a broken symbolic link (to {os.readlink(broken)}); fix it or remove it"
-        )
-    return entries
+def image_folder(cfg: DataConfig) -> Path:
+    """The folder of class subfolders that data.path names: itself, or the archive's extraction in the cache."""
+    if cfg.source == "archive":
+        _check_cache_dir(cfg.cache_dir)
+        return unpack(cfg.path, cfg.cache_dir, cfg.limits)
+    return Path(cfg.path).expanduser()
 
 
-def _is_image(path: Path, class_dir: Path, extensions: set[str]) -> bool:
-    """By suffix; hidden files and folders (macOS's ._NAME.png resource forks, .ipynb_checkpoints) are not data."""
-    hidden = any(part.startswith(".") for part in path.relative_to(class_dir).parts)
-    return path.suffix.lower() in extensions and not hidden
+def _in_memory(part: FileSplit, listing: Listing, cfg: DataConfig, pool: DecodePool) -> Split:
+    batches = [images for images, _ in imagefolder.stream(part, listing, cfg, pool, "images").batches]
+    return Split(np.concatenate([np.empty((0, *listing.shape), dtype=np.uint8), *batches]), part.labels)
 
 
-def _image_files(folder: Path) -> dict[str, list[Path]]:
-    """Class name (sorted subfolder names) -> its image files; other files are skipped with a note."""
-    extensions = set(Image.registered_extensions())
-    class_dirs = [entry for entry in _entries(folder) if entry.is_dir() and not entry.name.startswith(".")]
-    files = {}
-    for class_dir in class_dirs:
-        every = [path for path in _entries(class_dir, recursive=True) if path.is_file()]
-        files[class_dir.name] = [path for path in every if _is_image(path, class_dir, extensions)]
-        if skipped := len(every) - len(files[class_dir.name]):
-            note(f"skipped {skipped} non-image file(s) in {class_dir}")
-    if not any(files.values()):
-        raise CnnpipeError(f"data.path: {folder} holds no class subfolders with images ({folder}/CLASS/IMAGE)")
-    if empty := [name for name, images in files.items() if not images]:
-        raise CnnpipeError(f"data.path: class folder(s) {empty} in {folder} hold no images; add some or remove them")
-    return files
-
-
-def _read_images(files: dict[str, list[Path]], classes: list[str], channels: int, cfg: DataConfig, what: str) -> Split:
-    paths = [(path, classes.index(name)) for name, images in files.items() for path in images]
-    images = []
-    for path, _ in track(paths, description=f"Reading {what}", console=console):
-        image = decode(path, channels, cfg.image_size, cfg.limits.max_image_pixels, "data.path")
-        if images and image.shape != images[0].shape:
-            raise CnnpipeError(
-                f"data.image_size: images differ in size ({path} is {image.shape[0]}x{image.shape[1]}, others "
-                f"{images[0].shape[0]}x{images[0].shape[1]}, H x W); set data.image_size: [H, W] to resize them"
-            )
-        images.append(image)
-    return Split(np.stack(images), np.array([label for _, label in paths], dtype=np.int64))
-
-
-def load_imagefolder(folder: Path, cfg: DataConfig, seed: int) -> Images:
-    """`folder`/CLASS/IMAGE, or `folder`/{train,test}/CLASS/IMAGE; without the latter a seeded, stratified
-    IMAGEFOLDER_TEST_FRACTION of every class becomes the test split."""
-    if not folder.is_dir():
-        raise CnnpipeError(f"data.path: {folder} is not a directory of class subfolders")
-    has_splits = (folder / "train").is_dir() and (folder / "test").is_dir()
-    parts = {"train": folder / "train", "test": folder / "test"} if has_splits else {"images": folder}
-    files = {name: _image_files(where) for name, where in parts.items()}
-    classes = list(files["train" if has_splits else "images"])
-    if has_splits and (unknown := sorted(set(files["test"]) - set(classes))):
-        raise CnnpipeError(f"data.path: {folder}/test has class folder(s) {unknown} that {folder}/train lacks")
-    every = [path for part in files.values() for images in part.values() for path in images]
-    # Every header first (mode, size): a bad file is refused before minutes of decoding, not after.
-    modes = [read_mode(path, cfg.limits.max_image_pixels, "data.path") for path in every]
-    channels = cfg.channels or (1 if all(mode in GREYSCALE_MODES for mode in modes) else 3)
-    splits = {name: _read_images(part, classes, channels, cfg, f"{parts[name].name}/") for name, part in files.items()}
-    if not has_splits:
-        train, test = stratified_split(splits["images"], IMAGEFOLDER_TEST_FRACTION, seed)
-        return Images(train, test, classes)
-    train, test = splits["train"], splits["test"]
-    if train.images.shape[1:3] != test.images.shape[1:3]:
-        raise CnnpipeError(
-            f"data.image_size: {folder}/train images are {train.images.shape[1:3]} (H, W) but test images "
-            f"{test.images.shape[1:3]}; set data.image_size: [H, W] to resize them"
-        )
-    return Images(train, test, classes)
-
-
-def load_archive(cfg: DataConfig, seed: int) -> Images:
-    return load_imagefolder(unpack(cfg.path, cfg.cache_dir, cfg.limits), cfg, seed)
+def load_imagefolder(cfg: DataConfig, seed: int) -> Images:
+    """An image folder (or archive) in memory, for small data and tests; `pull` streams it into the store."""
+    with DecodePool(cfg.workers) as pool:
+        listing = imagefolder.list_folder(image_folder(cfg), cfg, seed, pool)
+        train, test = (_in_memory(part, listing, cfg, pool) for part in (listing.train, listing.test))
+    return Images(train, test, listing.classes)
 
 
 # ---- common to all sources ------------------------------------------------------------------------------
@@ -236,10 +175,7 @@ def select_classes(data: Images, wanted: list[str]) -> Images:
     """Keeps `wanted` classes in the given order, labels renumbered 0..k-1."""
     if not wanted:
         return data
-    if unknown := [name for name in wanted if name not in data.classes]:
-        raise CnnpipeError(f"data.classes: unknown class {unknown[0]!r}; valid: {', '.join(data.classes)}")
-    mapping = np.full(len(data.classes), -1)
-    mapping[[data.classes.index(name) for name in wanted]] = np.arange(len(wanted))
+    mapping = class_mapping(data.classes, wanted)
 
     def subset(split: Split) -> Split:
         keep = mapping[split.labels] >= 0
@@ -249,16 +185,8 @@ def select_classes(data: Images, wanted: list[str]) -> Images:
 
 
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Moves round(`fraction` x size) of every class to the second part (at least one image of a class with
-    two or more), chosen by a generator seeded with `seed`; the order within each part is kept."""
-    rng = np.random.default_rng(seed)
-    held_out = [np.empty(0, dtype=np.int64)]
-    for label in np.unique(split.labels):
-        members = rng.permutation(np.flatnonzero(split.labels == label))
-        count = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
-        held_out.append(members[:count])
-    mask = np.zeros(len(split.labels), dtype=bool)
-    mask[np.concatenate(held_out)] = True
+    """Moves `stratified_mask`'s part to the second split; the order within each part is kept."""
+    mask = stratified_mask(split.labels, fraction, seed)
     return Split(split.images[~mask], split.labels[~mask]), Split(split.images[mask], split.labels[mask])
 
 
@@ -274,14 +202,11 @@ def _check_cache_dir(cache_dir: Path) -> None:
 
 
 def load(cfg: DataConfig, seed: int) -> Images:
-    """The configured source as train/test images with classes, channels and size as configured."""
-    if cfg.source != "imagefolder":  # the others download or extract into it
-        _check_cache_dir(cfg.cache_dir)
-    if cfg.source == "imagefolder":
-        data = load_imagefolder(Path(cfg.path).expanduser(), cfg, seed)
-    elif cfg.source == "archive":
-        data = load_archive(cfg, seed)
+    """The configured source in memory as train/test images with classes, channels and size as configured."""
+    if cfg.source in FOLDER_SOURCES:
+        data = load_imagefolder(cfg, seed)
     else:
+        _check_cache_dir(cfg.cache_dir)  # torchvision downloads or unpacks into it
         data = load_torchvision(cfg)
         train, test = (
             Split(convert(split.images, cfg.channels, cfg.image_size), split.labels)

@@ -47,5 +47,14 @@ ui: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
+# A two-node Slurm cluster on this machine, to try pipelines/slurm/train.sbatch (root: installs slurm-wlm and
+# munge; README, "Training on a cluster"). Not needed for repro or test: the cluster tests start their own.
+.PHONY: cluster cluster-down
+cluster: setup
+	$(BIN)/python -m tests.cluster up
+
+cluster-down:
+	$(BIN)/python -m tests.cluster down
+
 clean:
 	rm -rf $(VENV) data mlruns mlartifacts mlflow.db

@@ -1,4 +1,5 @@
-"""A real `mlflow server` on 127.0.0.1 (SQLite backend, artifact directory) for the remote-tracking tests."""
+"""A real `mlflow server` on 127.0.0.1 (SQLite backend or another, such as PostgreSQL; artifact directory) for the
+remote-tracking tests."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class MlflowServer:
     root: Path
     port: int
     process: subprocess.Popen | None = None
+    backend: str | None = None  # a backend store URI; None: SQLite in `root`
 
     @property
     def url(self) -> str:
@@ -35,7 +37,7 @@ class MlflowServer:
             str(Path(sys.executable).with_name("mlflow")),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{self.root}/server.db",
+            self.backend or f"sqlite:///{self.root}/server.db",
             "--artifacts-destination",
             str(self.root / "artifacts"),
             "--host",

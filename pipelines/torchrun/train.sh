@@ -112,9 +112,10 @@ torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NPROC_PE
   -m cnnpipe train
 
 # 4. Node 0 records what the train stage produced in dvc.lock and the DVC cache, as if `dvc repro` had run it,
-#    then evaluates (a child run of the training's MLflow run). --single-item: evaluate only; never retrain here in one process.
+#    then evaluates (a child run of the training's MLflow run) and exports. --single-item: those two only; never retrain
+#    here in one process.
 if ((NODE_RANK == 0)); then
   dvc commit --force train
-  dvc repro --single-item evaluate
+  dvc repro --single-item evaluate export
 fi
 echo "node $NODE_RANK done"

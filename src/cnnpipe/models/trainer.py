@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
@@ -20,6 +21,7 @@ from cnnpipe.config import TrainConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models import resume
 from cnnpipe.models.hardware import auto_precision
+from cnnpipe.models.requeue import RequeueOnSignal
 
 # The Trainer arguments Lightning may reject, by the params key that sets them (named in the error).
 TRAINER_KEYS = (
@@ -37,13 +39,16 @@ TRAINER_KEYS = (
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Lightning announces the hardware and an advert on every new Trainer; `describe` says it in one line.
-    Its warning that 16-mixed becomes bf16-mixed on a CPU is dropped too: build_trainer refuses that case."""
+    Its warning that 16-mixed becomes bf16-mixed on a CPU is dropped too: build_trainer refuses that case; so is
+    its hint to use srun wherever Slurm is installed (pipelines/slurm launches with srun itself)."""
     log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     level = log.level
     log.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU")
+            # on a machine with Slurm installed (a login node) a training outside srun is meant to run locally
+            warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
             yield
     finally:
         log.setLevel(level)
@@ -79,6 +84,10 @@ def build_trainer(
         RichProgressBar(),
         *callbacks,
     ]
+    # Under SLURM our callback, not Lightning's signal handler, saves and requeues on --signal (see requeue.py).
+    with quiet_lightning():  # detect() hints at srun wherever Slurm is installed
+        slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    callbacks += [RequeueOnSignal(root)] if slurm else []
     if cfg.early_stopping.patience is not None:
         callbacks.append(
             EarlyStopping(cfg.monitor, cfg.early_stopping.min_delta, cfg.early_stopping.patience, mode=mode)
@@ -98,7 +107,8 @@ def build_trainer(
                 limit_val_batches=cfg.limit_val_batches,
                 callbacks=callbacks,
                 logger=logger,
-                default_root_dir=root,  # where Lightning puts a SLURM preemption checkpoint
+                default_root_dir=root,  # where a SLURM preemption checkpoint goes (requeue.py)
+                plugins=slurm,
                 use_distributed_sampler=False,  # the datamodule's EpochSampler shards exactly, without padding
             )
     except (MisconfigurationException, ValueError, RuntimeError) as exc:

@@ -129,8 +129,12 @@ def _log(
         run.log_artifact(figure, "evaluation")
     if LOCK_FILE.exists():  # under DVC: the hashes of every stage's deps and outs for this run
         run.log_artifact(LOCK_FILE)
-    if record.unlogged and store.training is not None:  # the training run learns what it is missing
-        TrackedRun(run.client, record.run_id, run.tracking_uri, list(record.unlogged)).report_unlogged()
+    if store.training is not None:  # the training run learns what it is missing, and its end if that was lost
+        training = TrackedRun(run.client, record.run_id, run.tracking_uri, list(record.unlogged))
+        if store.training.info.status == "RUNNING":  # run.json is written by a finished training: its end was lost
+            training.finish()
+        else:
+            training.report_unlogged()
     if record.model_version is not None:
         name, version = record.registered_model, record.model_version
         run.log_call(

@@ -5,7 +5,8 @@ share of this machine's measured matmul peak.
 The stage variants are real `cnnpipe train` runs in temporary folders (images/s from metrics/train.json:
 training batches only, all ranks together). The plain loop is what a person would write by hand: the pulled
 store, params.yaml's albumentations pipeline per batch, AdamW with one-cycle, no Lightning. Each variant runs
-2 epochs x --batches; the compiled loops are timed with their compile time and without it.
+2 epochs x --batches; the compiled loops are timed with their compile time and without it. A shared VM's speed
+drifts by tens of percent over minutes, so each stage run follows its plain loop, in --rounds rounds.
 Run `make repro` (or `cnnpipe pull && cnnpipe augment`) first.
 Usage:
   .venv/bin/python benchmarks/throughput.py            # CPU
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ class Variant:
     channels_last: bool
     compiled: bool = False
     devices: int = 1
+    workers: int = 0  # the stage's DataLoader workers; the plain loop always augments in its own loop
 
 
 CPU_VARIANTS = [
@@ -54,6 +57,7 @@ CPU_VARIANTS = [
     Variant("fp32, channels_last", "32-true", True),
     Variant("bf16-mixed, NCHW", "bf16-mixed", False),
     Variant("bf16-mixed, channels_last", "bf16-mixed", True),
+    Variant("bf16-mixed, channels_last, 1 loader worker", "bf16-mixed", True, workers=1),
     Variant("fp32, channels_last, compiled", "32-true", True, compiled=True),
     Variant("bf16-mixed, channels_last, compiled", "bf16-mixed", True, compiled=True),
     Variant("DDP 2 processes (gloo), fp32, channels_last", "32-true", True, devices=2),
@@ -62,6 +66,7 @@ GPU_VARIANTS = [
     Variant("fp32, NCHW", "32-true", False),
     Variant("bf16-mixed, NCHW", "bf16-mixed", False),
     Variant("bf16-mixed, channels_last", "bf16-mixed", True),
+    Variant("bf16-mixed, channels_last, 8 loader workers", "bf16-mixed", True, workers=8),
     Variant("bf16-mixed, channels_last, compiled", "bf16-mixed", True, compiled=True),
 ]
 
@@ -92,6 +97,7 @@ def stage_images_per_second(raw: dict, variant: Variant, batches: int, accelerat
             "strategy": "ddp" if variant.devices > 1 else "auto",
             "precision": variant.precision,
             "channels_last": variant.channels_last,
+            "num_workers": variant.workers,
         }
         params = {**raw, "train": {**raw["train"], **train}}
         params["mlflow"] = {**raw["mlflow"], "tracking_uri": f"sqlite:///{root}/mlflow.db", "register_model": "never"}
@@ -149,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="the GPU variants instead of the CPU ones")
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch and process")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all variants; the table shows their means")
     args = parser.parse_args()
     device, accelerator = ("cuda", "gpu") if args.gpu else ("cpu", "cpu")
     params = load_params(REPO / "params.yaml")
@@ -162,25 +169,27 @@ def main() -> None:
     print(f"matmul peak: fp32 {peaks['32-true']:.0f} GFLOP/s, bf16 {peaks['bf16-mixed']:.0f} GFLOP/s")
     print(f"training costs {train_flops / 1e6:.2f} MFLOP per image (3x forward)\n")
     header = f"{'variant':44} {'plain loop':>11} {'steady':>8} {'stage':>8} {'stage/plain':>11} {'% of peak':>9}"
-    print(header + "\n" + "-" * len(header))
-    baseline = None
-    for variant in GPU_VARIANTS if args.gpu else CPU_VARIANTS:
-        plain = steady = float("nan")
-        if variant.devices == 1:
-            plain, steady = plain_loop_images_per_second(params, variant, args.batches, device)
-        stage = float("nan")
-        if not variant.compiled:  # the stage has no compile option: the plain loop shows why
-            stage = stage_images_per_second(raw, variant, args.batches, accelerator)
-        baseline = baseline or stage
-        best = stage if stage == stage else plain
-        share = 100 * best * train_flops / 1e9 / peaks[variant.precision]
-        print(
-            f"{variant.name:44} {plain:11.0f} {steady:8.0f} {stage:8.0f} {stage / plain:11.2f} {share:8.1f}%",
-            flush=True,
-        )
+    variants = GPU_VARIANTS if args.gpu else CPU_VARIANTS
+    runs: dict[str, list[tuple[float, float, float]]] = {variant.name: [] for variant in variants}
+    for round_ in range(args.rounds):  # a shared VM's speed drifts over minutes: each stage beside its plain loop
+        for variant in variants:
+            plain = steady = stage = float("nan")
+            if variant.devices == 1:
+                plain, steady = plain_loop_images_per_second(params, variant, args.batches, device)
+            if not variant.compiled:  # the stage has no compile option: the plain loop shows why
+                stage = stage_images_per_second(raw, variant, args.batches, accelerator)
+            runs[variant.name].append((plain, steady, stage))
+            print(f"round {round_ + 1}: {variant.name}: {plain:.0f} / {stage:.0f} images/s", flush=True)
+    print("\n" + header + "\n" + "-" * len(header))
+    for variant in variants:
+        plain, steady, stage = (statistics.fmean(column) for column in zip(*runs[variant.name], strict=True))
+        ratio = statistics.fmean(stage / plain for plain, _, stage in runs[variant.name])  # per round
+        share = 100 * (stage if stage == stage else plain) * train_flops / 1e9 / peaks[variant.precision]
+        print(f"{variant.name:44} {plain:11.0f} {steady:8.0f} {stage:8.0f} {ratio:11.2f} {share:8.1f}%")
     print(
-        "\nimages/s; plain loop: all steps, steady: the second epoch only (no compile or warm-up); "
-        "% of peak: the stage's (else the plain loop's) training FLOP/s against the matmul peak of its precision"
+        f"\nimages/s, means of {args.rounds} rounds; plain loop: all steps, steady: the second epoch only (no compile "
+        "or warm-up); stage/plain: the mean of each round's ratio; % of peak: the stage's (else the plain loop's) "
+        "training FLOP/s against the matmul peak of its precision"
     )
 
 

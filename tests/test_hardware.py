@@ -39,8 +39,8 @@ def test_auto_precision_on_this_cpu_follows_its_flags_and_is_what_lightning_runs
     )
 
 
-def test_auto_workers_overlap_augmentation_with_training_only_when_there_is_some():
+def test_auto_workers_prepare_batches_beside_a_gpu_only():
     cores = len(os.sched_getaffinity(0))
-    assert auto_workers("cpu", augments_online=True) == 1  # the other cores compute
+    assert auto_workers("cpu", augments_online=True) == 0  # the cores compute
     assert auto_workers("cpu", augments_online=False) == 0  # a batch is a memory copy
     assert auto_workers("gpu", augments_online=True) == max(1, min(8, cores - 1))

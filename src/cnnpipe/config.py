@@ -174,7 +174,7 @@ class TrainConfig(_Section):
     )
     num_workers: NonNegativeInt | Literal["auto"] = Field(
         "auto",
-        description="DataLoader worker processes; auto: 1 on a CPU, up to 8 beside a GPU, 0 without augmentation",
+        description="DataLoader worker processes; auto: up to 8 beside a GPU, none on a CPU or without augmentation",
     )
     deterministic: bool = False
     monitor: Literal["val/acc", "val/loss"] = "val/acc"

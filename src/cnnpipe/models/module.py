@@ -69,6 +69,7 @@ class CnnClassifier(pl.LightningModule):
         task_metrics = {"task": "multiclass", "num_classes": len(classes)}
         self.train_acc, self.val_acc = Accuracy(**task_metrics), Accuracy(**task_metrics)
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self._unlogged: set[str] = set()  # the stages whose metrics this epoch has not logged yet
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits: [B, 1] for two classes, [B, N] otherwise."""
@@ -113,10 +114,20 @@ class CnnClassifier(pl.LightningModule):
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         accuracy.update(self.predictions(logits), labels)
         mean_loss.update(loss.detach(), weight=labels.numel())
-        # torchmetrics objects sync exact sums across DDP ranks at epoch end, so no sample is double-counted.
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        if stage in self._unlogged:
+            # Once an epoch: the metric objects take every batch's update, and Lightning computes them (syncing
+            # exact sums across DDP ranks, no sample counted twice) at the epoch's end. A self.log per batch cost
+            # a third of a CPU training step (docs/benchmarks.md).
+            self._unlogged.discard(stage)
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._unlogged.add("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._unlogged.add("val")
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, dvc_repo, run_cnnpipe, small_run_params, write_params
+
+
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c():
+    """Every test starts with Python's own Ctrl-C handling, as a fresh process has it. A library that handled a
+    KeyboardInterrupt in this process may leave SIGINT ignored (Lightning does, for good), and an ignored SIGINT
+    is inherited by every subprocess a test starts, which then cannot be interrupted (a flaky Ctrl-C test)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -36,6 +36,9 @@ def use_store(monkeypatch):
     """Points mlflow's fluent API (log_model, load_model) at a store; the previous URIs come back afterwards."""
     monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
     monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    for exported in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_*_uri export these to subprocesses
+        monkeypatch.setenv(exported, "")  # recorded, so that monkeypatch puts back what was there (or nothing)
+        monkeypatch.delenv(exported)
 
     def use(folder: Path) -> None:
         mlflow.set_tracking_uri(uri(folder))

@@ -116,12 +116,15 @@ def test_a_wrong_shape_is_named_without_echoing_the_input(served, shape):
 
 def test_the_registered_version_documents_its_input_and_classes(served):
     root, _ = served
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    store = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(store)
     version = client.get_model_version_by_alias("cnnpipe", "champion")
     assert "[N, 1, 28, 28]" in version.description
     assert "[N, C, H, W]" in client.get_registered_model("cnnpipe").description
 
-    model = mlflow.models.get_model_info(f"models:/cnnpipe/{version.version}")
+    # the MLmodel file where this store keeps it, whatever tracking URI the test process was left with
+    location = client.get_logged_model(version.source.removeprefix("models:/")).artifact_location
+    model = mlflow.models.Model.load(Path(location.removeprefix("file://")) / "MLmodel")
     assert model.metadata["classes"] == CLASSES
     assert model.metadata["input"] == {"shape": [-1, 1, 28, 28], "dtype": "float32", "range": [0, 1], "layout": "NCHW"}
     assert model.signature.inputs is None  # checked by the model itself: MLflow's check repeats the input

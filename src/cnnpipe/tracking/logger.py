@@ -39,6 +39,7 @@ class MlflowRunLogger(Logger):
         self.on_open = on_open
         self._run: TrackedRun | None = None
         self._monitor: SystemMetrics | None = None
+        self._logged_up_to: dict[str, int] = {}  # a resumed run's last step per metric
 
     @property
     def name(self) -> str:
@@ -59,6 +60,8 @@ class MlflowRunLogger(Logger):
                 self._monitor.start()
             if self.resume_run_id is None and self.on_open is not None:
                 self.on_open(self._run)
+            if self.resume_run_id is not None:
+                self._logged_up_to = self._run.last_steps()
         return self._run
 
     @property
@@ -74,7 +77,12 @@ class MlflowRunLogger(Logger):
         """Lightning adds `epoch` to what the module logs per epoch: that is the step, as in the history CSV."""
         metrics = {key: float(value) for key, value in metrics.items()}
         epoch = metrics.pop("epoch", None)
-        self.experiment.log_metrics(metrics, step=int(epoch) if epoch is not None else step or 0)
+        step = int(epoch) if epoch is not None else step or 0
+        # A training killed after logging an epoch but before saving its checkpoint redoes that epoch when resumed:
+        # what the run has already is not logged twice.
+        new = {key: value for key, value in metrics.items() if step > self._logged_up_to.get(key, -1)}
+        if new:
+            self.experiment.log_metrics(new, step=step)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

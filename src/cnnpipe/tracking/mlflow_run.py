@@ -253,6 +253,18 @@ class TrackedRun:
             batch = entries[start : start + MAX_PARAMS_TAGS_PER_BATCH]
             self._try("params", lambda batch=batch: self.client.log_batch(self.run_id, params=batch))
 
+    def last_steps(self) -> dict[str, int]:
+        """The last step of each metric the run has (empty when the store cannot be read): what a resumed
+        training must not log again."""
+        steps: dict[str, int] = {}
+
+        def read() -> None:
+            for key in self.client.get_run(self.run_id).data.metrics:
+                steps[key] = max(metric.step for metric in self.client.get_metric_history(self.run_id, key))
+
+        self._try("metric steps", read)
+        return steps
+
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         entries = [Metric(metric_key(key), float(value), now, step) for key, value in metrics.items()]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from time_to_accuracy import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
 
 from cnnpipe.config import Params, load_params
 from cnnpipe.data.augmentation import ONLINE, PIPELINE_FILE, augment_images, load_pipeline
@@ -142,13 +143,6 @@ def plain_loop_images_per_second(params: Params, variant: Variant, batches: int,
         epoch_seconds.append(time.perf_counter() - started)
     images = batches * batch
     return 2 * images / sum(epoch_seconds), images / epoch_seconds[1]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -38,8 +38,11 @@ mirror:
 repro: setup
 	$(BIN)/dvc repro
 
+# One test process per core (pytest-xdist): most tests wait on subprocesses and servers, or train with one
+# thread. Tests that share a machine-wide service (apt, munge, Slurm) carry xdist_group("cluster") and run in one.
+TEST_WORKERS ?= $(shell nproc)
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)

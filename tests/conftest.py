@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from tests.helpers import REPO, dvc_repo, run_cnnpipe, small_run_params, write_params
@@ -20,6 +22,15 @@ def python_handles_ctrl_c():
     KeyboardInterrupt in this process may leave SIGINT ignored (Lightning does, for good), and an ignored SIGINT
     is inherited by every subprocess a test starts, which then cannot be interrupted (a flaky Ctrl-C test)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def share_the_cores_between_test_workers():
+    """Under pytest-xdist each worker computes on its share of the cores: two workers with torch's default of
+    one thread per core would oversubscribe them, and a spinning OpenMP thread waits for a descheduled one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tests.cluster import POSTGRES_BIN, POSTGRES_PACKAGES, PostgresServer, why_n
 from tests.helpers import BIN, dvc_repo, run_cnnpipe, sh, small_run_params, write_params
 from tests.mlflow_server import MlflowServer, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 EXPERIMENT = "team"
 MODEL = "team-cnn"
 

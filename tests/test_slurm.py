@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tests.cluster import SLURM_PACKAGES, SlurmCluster, why_not_installed
 from tests.helpers import dvc_repo, sh, small_run_params
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 CPU_JOB = ("--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1")
 TWO_NODES = ("--nodes=2", *CPU_JOB)
 

@@ -7,9 +7,10 @@ import json
 import shutil
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import sh
+from tests.helpers import REPO, dvc_repo, sh, small_run_params
 
 pytestmark = pytest.mark.e2e
 
@@ -31,9 +32,12 @@ def set_param(root, old: str, new: str) -> None:
     params.write_text(params.read_text().replace(old, new))
 
 
-@pytest.fixture
-def pushed(repo, tmp_path_factory):
-    """The repository after `dvc repro`, its outputs pushed to a local DVC remote and its results committed."""
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    """The repository after `dvc repro`, its outputs pushed to a local DVC remote and its results committed.
+    Made once: the tests clone or copy it and leave it as it is."""
+    repo = tmp_path_factory.mktemp("team")
+    dvc_repo(repo, small_run_params(yaml.safe_load((REPO / "params.yaml").read_text()), repo))
     remote = tmp_path_factory.mktemp("remote")
     sh("dvc", "repro", cwd=repo)
     sh("dvc", "remote", "add", "-d", "team", str(remote), cwd=repo)

@@ -152,7 +152,7 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     """The Lightning Trainer and optimiser (the `train` stage)."""
 
-    epochs: PositiveInt = 15
+    epochs: PositiveInt = 20
     batch_size: PositiveInt = Field(128, description="per device")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: PositiveFloat = 0.003

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
 from PIL import Image
 from rich.console import Console
 
@@ -38,13 +38,6 @@ from cnnpipe.inference.predict import predict
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT, PULLED = REPO / "data/train/model.ckpt", REPO / "data/pulled"
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _latency_ms(run, image: np.ndarray, repeats: int) -> float:
@@ -74,7 +67,7 @@ def main() -> None:
     model = from_checkpoint(CHECKPOINT)
     _, splits = load_store(PULLED)
     images = np.asarray(splits["test"].images[: args.images])
-    print(f"{datetime.now(UTC):%Y-%m-%d}, {_cpu()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"{datetime.now(UTC):%Y-%m-%d}, {cpu_model()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"model {CHECKPOINT.relative_to(REPO)}: input {list(model.shape)}, {len(model.classes)} classes\n")
 
     with tempfile.TemporaryDirectory() as folder:

@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,12 +91,6 @@ def pull_once(folder: Path, cores: int, size: int, out: Path) -> dict[str, float
         "cpu_s": own.ru_utime + own.ru_stime,  # the pull process, torch's import included
         "worker_cpu_s": workers_usage.ru_utime + workers_usage.ru_stime,
     }
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
-    return models[0] if models else platform.processor()
 
 
 def main() -> None:

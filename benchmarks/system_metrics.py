@@ -13,7 +13,6 @@ Usage: .venv/bin/python benchmarks/system_metrics.py [--rounds 3] [--seconds 30]
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import psutil
 import torch
 import torch.nn.functional as F
+from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
 
 from cnnpipe.config import MlflowConfig, load_params
 from cnnpipe.models.network import build_model_network
@@ -124,16 +124,8 @@ def main() -> None:
                 cpu[name].append(share)
                 print(f"round {round_ + 1}  {name:34} {value:8.0f} images/s")
 
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     print(
-        f"\n{datetime.now(UTC):%Y-%m-%d}, {cpu_model}, {psutil.cpu_count()} logical CPUs, torch threads "
+        f"\n{datetime.now(UTC):%Y-%m-%d}, {cpu_model()}, {psutil.cpu_count()} logical CPUs, torch threads "
         f"{torch.get_num_threads()}, device {args.device}; batch {training.batch_size}, {steps} batches "
         f"(~{args.seconds:g} s) per segment, {args.rounds} rounds"
     )

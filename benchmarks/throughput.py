@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from time_to_accuracy import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
+from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
 
 from cnnpipe.config import Params, load_params
 from cnnpipe.data.augmentation import ONLINE, PIPELINE_FILE, augment_images, load_pipeline

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
 
 from cnnpipe.analysis.predictions import predict
 from cnnpipe.config import load_params
@@ -55,14 +56,6 @@ def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float
         plain = without_tta(paths, params.evaluate.batch_size)
     curve = [(int(row["epoch"]), float(row["finished_at"]) - wall, float(row["val/acc"])) for row in rows]
     return curve, test, total, plain
-
-
-def cpu_model() -> str:
-    """The CPU's name as lscpu prints it, to stand beside every figure."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main() -> None:

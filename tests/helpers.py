@@ -10,12 +10,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from mlflow.tracking import MlflowClient
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)  # the venv: dvc, mlflow, torchrun
+
+
+def stage_runs(root: Path, stage: str = "train") -> tuple[MlflowClient, list]:
+    """The runs of one stage in `root`'s store: a training run each, an evaluation run each (a child of its
+    training's), and the client that reads them."""
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
+    return client, client.search_runs([experiment], f"tags.`cnnpipe.stage` = '{stage}'")
 
 
 def write_params(path: Path, raw: dict[str, Any]) -> Path:

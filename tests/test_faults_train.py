@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.faults import assert_kept, mlflow_runs, refused_and_kept, report, run, snapshot
-from tests.helpers import dvc_repo, run_cnnpipe, sh, small_run_params, write_params
+from tests.helpers import dvc_repo, run_cnnpipe, sh, small_run_params, stage_runs, write_params
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +181,7 @@ def test_a_truncated_last_checkpoint_is_set_aside_and_a_new_run_with_its_own_nam
     assert result.returncode == 0 and "Traceback" not in result.stderr, f"FAULT-TRACEBACK: {result.stderr[-2000:]}"
     assert "last.ckpt cannot be resumed" in result.stderr
     assert (done / "data/checkpoints/last.ckpt.unreadable").exists()
-    client = MlflowClient(f"sqlite:///{done}/mlflow.db")
-    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
-    runs = client.search_runs([experiment], "tags.`cnnpipe.stage` = 'train'")
+    _, runs = stage_runs(done)
     # two seeded trainings: MLflow's generated names came from the seeded `random` and were equal
     assert len(runs) == 2 and len({r.info.run_name for r in runs}) == 2, [r.info.run_name for r in runs]
 

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import sh
+from tests.helpers import sh, stage_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -38,11 +37,9 @@ def test_dvc_repro_runs_reruns_only_what_changed_and_logs_one_run_each(repo):
     experiment = sh("dvc", "exp", "run", "--temp", "-n", "faster-lr", "-S", "train.lr=0.005", cwd=repo)
     assert ran(experiment.stdout) == ["train", "evaluate"]
 
-    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
-    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
-    runs = client.search_runs([experiment], "tags.`cnnpipe.stage` = 'train'")
+    client, runs = stage_runs(repo)
     assert sorted(run.data.params["train.lr"] for run in runs) == ["0.003", "0.004", "0.005"]
-    evaluations = client.search_runs([experiment], "tags.`cnnpipe.stage` = 'evaluate'")
+    _, evaluations = stage_runs(repo, "evaluate")
     assert {run.data.tags["mlflow.parentRunId"] for run in evaluations} == {run.info.run_id for run in runs}
     assert all("test/acc" in run.data.metrics for run in evaluations)
     named = next(run for run in runs if run.data.params["train.lr"] == "0.005")

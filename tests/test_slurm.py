@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.cluster import SLURM_PACKAGES, SlurmCluster, why_not_installed
-from tests.helpers import dvc_repo, sh, small_run_params
+from tests.helpers import dvc_repo, sh, small_run_params, stage_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 CPU_JOB = ("--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1")
@@ -43,14 +43,6 @@ def two_node_repo(root: Path, raw_params, **train) -> Path:
 
 def job_log(repo: Path, job_id: str) -> str:
     return (repo / f"logs/cnnpipe-train-{job_id}.out").read_text()
-
-
-def training_run(repo: Path):
-    """The one training run of the repository's store, and the client that reads it."""
-    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id])
-    (run,) = [run for run in runs if run.data.tags["cnnpipe.stage"] == "train"]
-    return client, run
 
 
 def epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
@@ -110,7 +102,7 @@ def test_sbatch_across_two_nodes_a_killed_task_ends_the_job_and_the_resubmitted_
     job = cluster.wait(first, timeout=60)
     assert time.monotonic() - killed < 60
     assert job["JobState"] == "FAILED" and job["ExitCode"] != "0:0", job
-    client, run = training_run(repo)  # FAILED, or RUNNING when SLURM had to SIGKILL rank 0: resubmitting ends it
+    client, (run,) = stage_runs(repo)  # FAILED, or RUNNING when SLURM had to SIGKILL rank 0: resubmitting ends it
 
     again = cluster.sbatch(*TWO_NODES, cwd=repo)
     job = cluster.wait(again, timeout=300)
@@ -123,11 +115,11 @@ def test_sbatch_across_two_nodes_a_killed_task_ends_the_job_and_the_resubmitted_
     for node in ("n1", "n2"):  # each slurmd started one task of the training step
         assert f"StepId={again}.0" in (cluster.root / f"log/slurmd-{node}.log").read_text()
 
-    client, run = training_run(repo)  # still the one run
+    client, (run,) = stage_runs(repo)  # still the one run
     assert run.info.status == "FINISHED" and "x 2 node(s), DDPStrategy" in run.data.tags["cnnpipe.trainer"]
     assert epochs_logged(client, run.info.run_id) == [0, 1]
     assert len((repo / "metrics/train_history.csv").read_text().splitlines()) == 3  # a header, a row per epoch
-    evaluated = client.search_runs([run.info.experiment_id], "tags.`cnnpipe.stage` = 'evaluate'")
+    _, evaluated = stage_runs(repo, "evaluate")
     assert [e.data.tags["mlflow.parentRunId"] for e in evaluated] == [run.info.run_id]
     assert "up to date" in sh("dvc", "status", cwd=repo).stdout  # the script committed train's outputs
 
@@ -143,7 +135,7 @@ def test_preemption_saves_requeues_and_resumes_into_the_same_run(cluster, tmp_pa
     log = job_log(repo, job_id)
     assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "1"), log[-3000:]
 
-    client, run = training_run(repo)
+    client, (run,) = stage_runs(repo)
     saved = re.search(r"saved (data/checkpoints/preempted-\w+/hpc_ckpt_0\.ckpt); the requeued job resumes", log)
     assert saved, log[-3000:]
     assert re.search(rf"Resuming from {saved[1]} into\s+MLflow\s+run\s+{run.info.run_id}", log), log[-3000:]

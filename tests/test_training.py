@@ -16,14 +16,7 @@ from mlflow.tracking import MlflowClient
 from cnnpipe.models.hardware import auto_precision
 from cnnpipe.models.module import load_model
 from cnnpipe.tracking.dataset import dvc_hash
-from tests.helpers import run_cnnpipe, small_run_params, write_params
-
-
-def mlflow_runs(root, stage="train"):
-    """The runs of one stage: a training run each, an evaluation run each (a child of its training's)."""
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
-    return client, client.search_runs([experiment], f"tags.`cnnpipe.stage` = '{stage}'")
+from tests.helpers import run_cnnpipe, small_run_params, stage_runs, write_params
 
 
 def run_file_digest(root):
@@ -52,7 +45,7 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     for plot in ("confusion_matrix.png", "misclassified.png", "predictions.csv"):
         assert (workdir / "plots" / plot).stat().st_size > 0
 
-    client, (run,) = mlflow_runs(workdir)
+    client, (run,) = stage_runs(workdir)
     assert run.data.params["train.lr"] == "0.003" and run.data.params["model.layers.0.type"] == "conv"
     assert run.data.params["model.built_widths"] == "16,32,128,3"
     assert not any(key.startswith("evaluate.") for key in run.data.params)  # evaluate's params are its own run's
@@ -97,7 +90,7 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     assert "cnnpipe.unlogged" not in run.data.tags and run.info.status == "FINISHED"
     assert client.search_model_versions("name='cnnpipe'") == []
 
-    _, (evaluation,) = mlflow_runs(workdir, "evaluate")
+    _, (evaluation,) = stage_runs(workdir, "evaluate")
     assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id
     assert evaluation.info.run_name == f"{run.info.run_name}-eval" and evaluation.info.status == "FINISHED"
     assert evaluation.data.params == {
@@ -113,12 +106,12 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
 def test_an_evaluate_only_rerun_is_a_new_child_run_and_the_training_run_is_untouched(workdir, raw_params):
     run_cnnpipe("train", cwd=workdir)
     run_cnnpipe("evaluate", cwd=workdir)
-    client, (training,) = mlflow_runs(workdir)
+    client, (training,) = stage_runs(workdir)
     raw = small_run_params(raw_params, workdir)
     raw["evaluate"]["misclassified"] = 9
     write_params(workdir / "params.yaml", raw)
     run_cnnpipe("evaluate", cwd=workdir)
-    _, evaluations = mlflow_runs(workdir, "evaluate")
+    _, evaluations = stage_runs(workdir, "evaluate")
     assert sorted(run.data.params["evaluate.misclassified"] for run in evaluations) == ["6", "9"]
     after = client.get_run(training.info.run_id)
     assert after.info.end_time == training.info.end_time and after.data.params == training.data.params
@@ -186,7 +179,7 @@ def test_an_interrupted_training_resumes_into_the_same_run(workdir, raw_params):
 
     result = run_cnnpipe("train", cwd=workdir)
     assert "Resuming from" in result.stdout
-    client, runs = mlflow_runs(workdir)
+    client, runs = stage_runs(workdir)
     assert [run.info.run_id for run in runs] == [state["run_id"]]
     steps = {m.step for m in client.get_metric_history(state["run_id"], "val/acc")}
     assert steps == {0, 1, 2, 3}
@@ -194,7 +187,7 @@ def test_an_interrupted_training_resumes_into_the_same_run(workdir, raw_params):
     assert [row.split(",")[0] for row in rows] == ["0", "1", "2", "3"]
 
     run_cnnpipe("train", cwd=workdir)  # a finished training is not resumed: a new run starts
-    assert len(mlflow_runs(workdir)[1]) == 2
+    assert len(stage_runs(workdir)[1]) == 2
 
 
 def test_impossible_network_stops_before_training_with_exit_code_2(workdir, raw_params):

@@ -26,7 +26,7 @@ from cnnpipe.data.datamodule import ImageDataModule, to_model_input
 from cnnpipe.data.store import load_store
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
-from cnnpipe.models.hardware import auto_workers
+from cnnpipe.models.hardware import auto_workers, keep_freed_memory
 from cnnpipe.models.module import CnnClassifier, load_model
 from cnnpipe.models.network import forward_flops, shape_table, widths
 from cnnpipe.models.trainer import build_trainer, describe
@@ -150,8 +150,10 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
     root = resume.preemption_dir(paths.checkpoints, key)
     trainer = build_trainer(params.train, paths.checkpoints, root, [history, claim, publish], logger)
     console.print(f"Lightning: {describe(trainer)}")
-    if params.train.threads:  # only now: nothing of this process changes before every check has passed
+    # only now: nothing of this process changes before every check has passed
+    if params.train.threads:
         torch.set_num_threads(params.train.threads)
+    keep_freed_memory()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)
     except SystemExit:  # Lightning turns Ctrl-C into exit code 1 after its own clean-up (the run: KILLED)

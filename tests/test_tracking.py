@@ -8,6 +8,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from cnnpipe.config import MlflowConfig, parse_params
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.tracking.logger import MlflowRunLogger
 from cnnpipe.tracking.mlflow_run import check_reachable, flatten, metric_key, resolve_tracking_uri, start_run
 
 
@@ -60,3 +61,16 @@ def test_run_logs_flattened_params_truncated_and_reopens(tmp_path, raw_params):
     assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.7)]
     assert stored.info.status == "FINISHED"
     assert "cnnpipe.version" in stored.data.tags
+
+
+def test_a_resumed_logger_skips_the_steps_the_run_has_under_mlflows_key(tmp_path):
+    """A class name MLflow does not allow in a key is stored as metric_key(name): a resumed training that redoes
+    an epoch must recognise it under that name, or the epoch is logged twice."""
+    cfg = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test", system_metrics=False)
+    first = MlflowRunLogger(cfg)
+    first.log_metrics({"val/acc/cats & dogs": 0.5, "epoch": 0})
+    resumed = MlflowRunLogger(cfg, resume_run_id=first.run.run_id)
+    resumed.log_metrics({"val/acc/cats & dogs": 0.6, "epoch": 0})  # the epoch redone after a crash
+    resumed.log_metrics({"val/acc/cats & dogs": 0.7, "epoch": 1})
+    history = MlflowClient(cfg.tracking_uri).get_metric_history(first.run.run_id, "val/acc/cats _ dogs")
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.7)]

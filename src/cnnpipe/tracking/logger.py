@@ -19,7 +19,7 @@ from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cnnpipe.config import MlflowConfig
-from cnnpipe.tracking.mlflow_run import TrackedRun, start_run
+from cnnpipe.tracking.mlflow_run import TrackedRun, metric_key, start_run
 from cnnpipe.tracking.system_metrics import SystemMetrics
 
 STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
@@ -79,10 +79,11 @@ class MlflowRunLogger(Logger):
         epoch = metrics.pop("epoch", None)
         step = int(epoch) if epoch is not None else step or 0
         # A training killed after logging an epoch but before saving its checkpoint redoes that epoch when resumed:
-        # what the run has already is not logged twice.
-        new = {key: value for key, value in metrics.items() if step > self._logged_up_to.get(key, -1)}
+        # what the run has already (under MLflow's keys; opening a resumed run reads them) is not logged twice.
+        run = self.experiment
+        new = {key: value for key, value in metrics.items() if step > self._logged_up_to.get(metric_key(key), -1)}
         if new:
-            self.experiment.log_metrics(new, step=step)
+            run.log_metrics(new, step=step)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

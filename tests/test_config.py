@@ -87,7 +87,7 @@ def test_check_prints_the_shape_table(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "[32, 7, 7]" in result.stdout and "[1568]" in result.stdout
+    assert "[48, 7, 7]" in result.stdout and "[2352]" in result.stdout
 
 
 def test_width_multiplies_every_conv_and_dense_layer(raw_params):
@@ -96,7 +96,7 @@ def test_width_multiplies_every_conv_and_dense_layer(raw_params):
     raw_params["model"]["width"] = 0.5
     plan, network = build_model_network(parse_params(raw_params).model, (1, 28, 28), 10, [0.0], [1.0])
     widths = [layer.out_shape[0] for layer in plan if layer.kind in ("conv", "dense")]
-    assert widths == [8, 16, 64, 10]  # 16, 32 and 128 halved; the head keeps one logit per class
+    assert widths == [8, 24, 128, 10]  # 16, 48 and 256 halved; the head keeps one logit per class
 
 
 def test_width_is_refused_for_a_network_that_is_not_a_layer_list(raw_params):

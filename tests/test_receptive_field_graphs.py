@@ -190,7 +190,7 @@ def test_cli_prints_the_documented_json_and_a_table(tmp_path):
     layer = next(layer for layer in report["layers"] if layer["name"] == "maxpool2")
     assert {key: layer[key] for key in ("type", "out_shape", "rf", "jump", "start")} == {
         "type": "MaxPool2d",
-        "out_shape": [32, 7, 7],
+        "out_shape": [48, 7, 7],
         "rf": [10, 10],
         "jump": [4, 4],
         "start": [1.5, 1.5],

@@ -26,7 +26,7 @@ def run_file_digest(root):
 
 def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     result = run_cnnpipe("train", cwd=workdir)
-    assert "[32, 7, 7]" in result.stdout  # the shape table is printed before training
+    assert "[48, 7, 7]" in result.stdout  # the shape table is printed before training
     train_metrics = json.loads((workdir / "metrics/train.json").read_text())
     assert train_metrics["epochs"] == 2 and train_metrics["mean/images_per_sec"] > 0
     history = (workdir / "metrics/train_history.csv").read_text().splitlines()
@@ -47,7 +47,7 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
 
     client, (run,) = stage_runs(workdir)
     assert run.data.params["train.lr"] == "0.003" and run.data.params["model.layers.0.type"] == "conv"
-    assert run.data.params["model.built_widths"] == "16,32,128,3"
+    assert run.data.params["model.built_widths"] == "16,48,256,3"
     assert not any(key.startswith("evaluate.") for key in run.data.params)  # evaluate's params are its own run's
     assert run.data.metrics["best/val/acc"] == pytest.approx(train_metrics["best/val/acc"])
     assert run.data.metrics["parameters"] == train_metrics["parameters"]

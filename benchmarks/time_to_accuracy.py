@@ -1,8 +1,8 @@
 """Time to accuracy: the whole pipeline (pull, augment, train, evaluate) of a params file, in process, per seed.
 
 Prints the validation accuracy after each epoch against the wall seconds since the pipeline started, the test
-accuracy at the end (as evaluate reports it, and without test-time augmentation beside it), and the mean over the
-seeds: the figure the default pipeline is judged by (issue 13).
+accuracy at the end (as evaluate reports it; beside it without test-time augmentation and with the flip alone),
+and the mean over the seeds: the figure the default pipeline is judged by (issue 13).
 Each seed runs in a fresh folder with its own MLflow store; the dataset cache of params.yaml is shared.
 Usage: .venv/bin/python benchmarks/time_to_accuracy.py [--params params.yaml] [--seeds 0 1 2]
 """
@@ -27,15 +27,18 @@ from cnnpipe.paths import Paths
 from cnnpipe.stages import augment, evaluate, pull, train
 
 
-def without_tta(paths: Paths, batch_size: int) -> float:
-    """The test accuracy of the trained model on the plain test images: what evaluate.tta adds is the difference."""
+def accuracy(paths: Paths, batch_size: int, mirror: bool = False) -> float:
+    """The test accuracy of the trained model on the plain test images, or with the test-time flip alone: what
+    evaluate's test-time augmentation adds, part by part."""
     _, splits = load_store(paths.pulled)
-    result = predict(load_model(paths.trained / "model.ckpt"), splits["test"].images, splits["test"].labels, batch_size)
+    model = load_model(paths.trained / "model.ckpt")
+    result = predict(model, splits["test"].images, splits["test"].labels, batch_size, mirror)
     return float((result.predicted == result.labels).mean())
 
 
-def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float]], float, float, float]:
-    """[(epoch, seconds since start, val/acc)], test accuracy, total seconds, test accuracy without TTA."""
+def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float]], float, float, float, float]:
+    """[(epoch, seconds since start, val/acc)], test accuracy, total seconds, test accuracy without TTA and with
+    the flip alone."""
     params = load_params(params_file)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -53,9 +56,9 @@ def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float
         total = time.perf_counter() - started
         with (paths.metrics / "train_history.csv").open() as handle:
             rows = list(csv.DictReader(handle))
-        plain = without_tta(paths, params.evaluate.batch_size)
+        plain, flipped = (accuracy(paths, params.evaluate.batch_size, mirror) for mirror in (False, True))
     curve = [(int(row["epoch"]), float(row["finished_at"]) - wall, float(row["val/acc"])) for row in rows]
-    return curve, test, total, plain
+    return curve, test, total, plain, flipped
 
 
 def main() -> None:
@@ -71,14 +74,16 @@ def main() -> None:
         for curve, *_ in results.values():
             cells.append(f"{curve[index][1]:12.1f} {curve[index][2]:11.4f}" if index < len(curve) else " " * 24)
         print(f"{index:5d} " + " ".join(cells))
-    tests = [test for _, test, _, _ in results.values()]
-    totals = [total for _, _, total, _ in results.values()]
-    plains = [plain for *_, plain in results.values()]
-    for seed, (_, test, total, plain) in results.items():
-        print(f"seed {seed}: test accuracy {test:.4f} ({plain:.4f} without TTA) after {total:.0f} s, pull to evaluate")
+    _, tests, totals, plains, flips = zip(*results.values(), strict=True)
+    for seed, (_, test, total, plain, flipped) in results.items():
+        print(
+            f"seed {seed}: test accuracy {test:.4f} ({plain:.4f} without TTA, {flipped:.4f} with the flip alone) "
+            f"after {total:.0f} s, pull to evaluate"
+        )
     print(
         f"mean of {len(tests)} seeds: test accuracy {statistics.fmean(tests):.4f} (lowest {min(tests):.4f}; without "
-        f"TTA {statistics.fmean(plains):.4f}), {statistics.fmean(totals):.0f} s"
+        f"TTA {statistics.fmean(plains):.4f}, flip alone {statistics.fmean(flips):.4f}), "
+        f"{statistics.fmean(totals):.0f} s"
     )
 
 

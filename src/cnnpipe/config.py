@@ -199,6 +199,13 @@ class EvaluateConfig(_Section):
     tta: Literal["auto", "hflip", "none"] = Field(
         "auto", description="test-time augmentation; auto: hflip when training mirrored the images, else none"
     )
+    tta_shift: int = Field(
+        0,
+        ge=0,
+        le=2,
+        description="also average the views shifted by up to this many pixels across and down, (2k+1)^2 of them "
+        "with zeros shifted in: what a training's random crops of padded images taught; 0: none",
+    )
 
 
 class ExportConfig(_Section):

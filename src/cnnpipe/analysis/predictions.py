@@ -24,19 +24,23 @@ class Predictions:
 
 @torch.inference_mode()
 def predict(
-    module: CnnClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int, mirror: bool = False
+    module: CnnClassifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    mirror: bool = False,
+    shift: int = 0,
 ) -> Predictions:
     """Runs the whole split through the model in batches; uint8 [N, H, W, C] in, per-image predictions out.
 
-    `mirror` (test-time flip): the probabilities are the mean of the image's and its left-right mirror's, for a
-    model trained on mirrored images; the loss is the cross-entropy of those mean probabilities."""
+    Test-time augmentation: the probabilities are the mean over the image's `views` (its left-right mirror for a
+    model trained on mirrored images, shifts of up to `shift` pixels); the loss is the cross-entropy of that mean."""
     predicted, confidence, total_loss = [], [], 0.0
     for start in track(range(0, len(images), batch_size), description="Evaluating", console=console):
         batch = to_model_input(images[start : start + batch_size])
         targets = torch.from_numpy(np.array(labels[start : start + batch_size]))
-        probabilities = module.probabilities(module(batch))
-        if mirror:
-            probabilities = (probabilities + module.probabilities(module(batch.flip(3)))) / 2
+        probabilities = torch.stack([module.probabilities(module(view)) for view in views(batch, mirror, shift)])
+        probabilities = probabilities.mean(0)
         total_loss += float(F.nll_loss(probabilities.clamp_min(1e-12).log(), targets, reduction="sum"))
         best = probabilities.max(dim=1)
         predicted.append(best.indices.numpy())
@@ -44,6 +48,24 @@ def predict(
     return Predictions(
         np.asarray(labels), np.concatenate(predicted), np.concatenate(confidence), total_loss / len(labels)
     )
+
+
+def views(batch: torch.Tensor, mirror: bool = False, shift: int = 0) -> list[torch.Tensor]:
+    """A batch [N, C, H, W] as test-time augmentation sees it: itself and, with `mirror`, its left-right mirror;
+    each moved by every (dx, dy) up to `shift` pixels, the uncovered border black, as a random crop of an image
+    padded with zeros shows it in training."""
+    flips = [batch, batch.flip(3)] if mirror else [batch]
+    if not shift:
+        return flips
+    height, width = batch.shape[-2:]
+    moves = range(-shift, shift + 1)
+    padded = [F.pad(image, (shift, shift, shift, shift)) for image in flips]
+    return [
+        image[..., shift + dy : shift + dy + height, shift + dx : shift + dx + width]
+        for image in padded
+        for dy in moves
+        for dx in moves
+    ]
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:

@@ -69,7 +69,8 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
     store = evaluation_store(record, run_file)
     test = splits["test"]
     mirror = flip_at_test_time(params.evaluate.tta, module.trained_mirrored)
-    result = predict(module, test.images, test.labels, params.evaluate.batch_size, mirror)
+    shift = params.evaluate.tta_shift
+    result = predict(module, test.images, test.labels, params.evaluate.batch_size, mirror, shift)
     matrix = confusion(result.labels, result.predicted, manifest.num_classes)
     metrics = scores(result, matrix, manifest.classes)
     with replaced_files(paths.plots) as staging:
@@ -87,7 +88,8 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
     tracked.finish()
     console.print(
         f"Test accuracy {metrics['test/acc']:.4f}, loss {metrics['test/loss']:.4f} on {metrics['test/count']} images "
-        f"(test-time augmentation: {TTA[mirror]}); MLflow run {tracked.run_id}"
+        f"(test-time augmentation: {TTA[mirror]}{f', shifts of up to {shift} px' if shift else ''}); "
+        f"MLflow run {tracked.run_id}"
     )
     return metrics
 

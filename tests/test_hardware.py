@@ -66,10 +66,10 @@ def step():
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-for _ in range(5):
+for _ in range(10):  # the first steps fault their memory in either way
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(40):
     step()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) * resource.getpagesize())
 """
@@ -77,8 +77,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) * resource.g
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
 def test_kept_memory_is_not_faulted_in_again_every_training_step():
-    """The default network's steps in fresh processes (the setting is process-wide): glibc's defaults page-fault
-    about 100 MiB in 20 steps on this machine, with the setting almost nothing after the first steps."""
+    """The default network's steps in fresh processes (the setting is process-wide): with glibc's defaults, 40
+    steps page-faulted 30 to 1,100 MiB here (more with more threads), with the setting 0 to 6 MiB."""
 
     def faulted(mode: str) -> int:
         result = subprocess.run([sys.executable, "-c", TRAINING_STEPS, mode], capture_output=True, text=True)
@@ -86,5 +86,5 @@ def test_kept_memory_is_not_faulted_in_again_every_training_step():
         return int(result.stdout)
 
     default, kept = faulted("default"), faulted("kept")
-    assert default > 40 << 20, default  # the behaviour the setting is there for
-    assert kept < default / 5, (kept, default)
+    assert default > 16 << 20, default  # the behaviour the setting is there for
+    assert kept < default / 4, (kept, default)

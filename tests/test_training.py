@@ -53,7 +53,7 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     assert run.data.metrics["parameters"] == train_metrics["parameters"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "images_per_sec")] == [0, 1]
-    assert run.data.metrics["forward_mflops"] == pytest.approx(2.44, abs=0.01)  # conv, dense layers, 3 classes
+    assert run.data.metrics["forward_mflops"] == pytest.approx(4.14, abs=0.01)  # conv, dense layers, 3 classes
     assert train_metrics["mean/gflops_per_sec"] == pytest.approx(
         train_metrics["mean/images_per_sec"] * 3 * run.data.metrics["forward_mflops"] / 1e3, rel=1e-6
     )
@@ -97,6 +97,7 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
         "evaluate.batch_size": "512",
         "evaluate.misclassified": "6",
         "evaluate.tta": "auto",
+        "evaluate.tta_shift": "1",
     }
     assert evaluation.data.tags["evaluate.tta"] == "hflip"  # auto: params.yaml's augmentation mirrors the images
     assert evaluation.data.metrics["test/acc"] == pytest.approx(test_metrics["test/acc"])

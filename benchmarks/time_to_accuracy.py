@@ -27,13 +27,14 @@ from cnnpipe.paths import Paths
 from cnnpipe.stages import augment, evaluate, pull, train
 
 
-def accuracy(paths: Paths, batch_size: int, mirror: bool = False) -> float:
-    """The test accuracy of the trained model on the plain test images, or with the test-time flip alone: what
+def plain_and_flipped(paths: Paths, batch_size: int) -> tuple[float, float]:
+    """The test accuracy of the trained model on the plain test images and with the test-time flip alone: what
     evaluate's test-time augmentation adds, part by part."""
     _, splits = load_store(paths.pulled)
-    model = load_model(paths.trained / "model.ckpt")
-    result = predict(model, splits["test"].images, splits["test"].labels, batch_size, mirror)
-    return float((result.predicted == result.labels).mean())
+    model, test = load_model(paths.trained / "model.ckpt"), splits["test"]
+    results = (predict(model, test.images, test.labels, batch_size, mirror) for mirror in (False, True))
+    plain, flipped = (float((result.predicted == result.labels).mean()) for result in results)
+    return plain, flipped
 
 
 def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float]], float, float, float, float]:
@@ -56,7 +57,7 @@ def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float
         total = time.perf_counter() - started
         with (paths.metrics / "train_history.csv").open() as handle:
             rows = list(csv.DictReader(handle))
-        plain, flipped = (accuracy(paths, params.evaluate.batch_size, mirror) for mirror in (False, True))
+        plain, flipped = plain_and_flipped(paths, params.evaluate.batch_size)
     curve = [(int(row["epoch"]), float(row["finished_at"]) - wall, float(row["val/acc"])) for row in rows]
     return curve, test, total, plain, flipped
 

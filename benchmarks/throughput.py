@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="the GPU variants instead of the CPU ones")
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch and process")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all variants; the table shows their means")
+    parser.add_argument("--variant", action="append", help="only the variant of this name (repeatable)")
     args = parser.parse_args()
     device, accelerator = ("cuda", "gpu") if args.gpu else ("cpu", "cpu")
     params = load_params(REPO / "params.yaml")
@@ -172,6 +173,11 @@ def main() -> None:
         f"{'steady':>7} {'% of peak':>9}"
     )
     variants = GPU_VARIANTS if args.gpu else CPU_VARIANTS
+    if args.variant:
+        names = {variant.name for variant in variants}
+        if unknown := set(args.variant) - names:
+            parser.error(f"--variant: no variant {sorted(unknown)}; choose from {sorted(names)}")
+        variants = [variant for variant in variants if variant.name in args.variant]
     runs: dict[str, list[tuple[float, float, float, float]]] = {variant.name: [] for variant in variants}
     for round_ in range(args.rounds):  # a shared VM's speed drifts over minutes: each stage beside its plain loop
         for variant in variants:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnpipe.models.hardware import auto_precision
 from cnnpipe.models.module import load_model
+from cnnpipe.models.trainer import LIGHTNING_NOISE
 from cnnpipe.tracking.dataset import dvc_hash
 from tests.helpers import run_cnnpipe, small_run_params, stage_runs, write_params
 
@@ -27,6 +29,7 @@ def run_file_digest(root):
 def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     result = run_cnnpipe("train", cwd=workdir)
     assert "[48, 7, 7]" in result.stdout  # the shape table is printed before training
+    assert [noise for noise in LIGHTNING_NOISE if re.search(noise, result.stdout + result.stderr)] == []
     train_metrics = json.loads((workdir / "metrics/train.json").read_text())
     assert train_metrics["epochs"] == 2 and train_metrics["mean/images_per_sec"] > 0
     history = (workdir / "metrics/train_history.csv").read_text().splitlines()

@@ -36,19 +36,29 @@ TRAINER_KEYS = (
 )
 
 
+# Lightning's warnings about what cnnpipe does on purpose, by their message: nothing a user could act on.
+LIGHTNING_NOISE = (
+    r".*AMP with fp16 is not supported on CPU",  # build_trainer refuses 16-mixed on a CPU itself
+    r"The `srun` command is available on your system",  # a login node; pipelines/slurm launches with srun
+    r"You have overridden `on_after_batch_transfer` in `LightningModule`",  # the module's NHWC batches
+    r"Precision bf16-mixed is not supported by the model summary",  # only the summary's size estimate
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own call into torch's pytree
+)
+
+
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Lightning announces the hardware and an advert on every new Trainer; `describe` says it in one line.
-    Its warning that 16-mixed becomes bf16-mixed on a CPU is dropped too: build_trainer refuses that case; so is
-    its hint to use srun wherever Slurm is installed (pipelines/slurm launches with srun itself)."""
+def quiet_lightning(announcements: bool = False) -> Iterator[None]:
+    """Without LIGHTNING_NOISE; and, by default, without the hardware and an advert that Lightning announces on
+    every new Trainer (`describe` says it in one line). The fit keeps `announcements`: when it stopped, what it
+    resumed from."""
     log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     level = log.level
-    log.setLevel(logging.WARNING)
+    if not announcements:
+        log.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*AMP with fp16 is not supported on CPU")
-            # on a machine with Slurm installed (a login node) a training outside srun is meant to run locally
-            warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+            for message in LIGHTNING_NOISE:
+                warnings.filterwarnings("ignore", message=message)
             yield
     finally:
         log.setLevel(level)

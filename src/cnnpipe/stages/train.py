@@ -29,7 +29,7 @@ from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.hardware import auto_workers, keep_freed_memory
 from cnnpipe.models.module import CnnClassifier, load_model
 from cnnpipe.models.network import forward_flops, shape_table, widths
-from cnnpipe.models.trainer import build_trainer, describe
+from cnnpipe.models.trainer import build_trainer, describe, quiet_lightning
 from cnnpipe.outputs import replaced_atomically, write_atomically
 from cnnpipe.paths import Paths
 from cnnpipe.tracking import registry
@@ -155,7 +155,8 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
         torch.set_num_threads(params.train.threads)
     keep_freed_memory()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)
+        with quiet_lightning(announcements=True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)
     except SystemExit:  # Lightning turns Ctrl-C into exit code 1 after its own clean-up (the run: KILLED)
         if trainer.interrupted:
             console.print(f"Interrupted: rerun `dvc repro` to resume from {paths.checkpoints / resume.LAST}")

@@ -42,7 +42,7 @@ repro: setup
 # thread. Tests that share a machine-wide service (apt, munge, Slurm) carry xdist_group("cluster") and run in one.
 TEST_WORKERS ?= $(shell nproc)
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)

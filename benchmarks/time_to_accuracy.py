@@ -4,7 +4,8 @@ Prints the validation accuracy after each epoch against the wall seconds since t
 accuracy at the end (as evaluate reports it; beside it without test-time augmentation and with the flip alone),
 and the mean over the seeds: the figure the default pipeline is judged by (issue 13).
 Each seed runs in a fresh folder with its own MLflow store; the dataset cache of params.yaml is shared.
-Usage: .venv/bin/python benchmarks/time_to_accuracy.py [--params params.yaml] [--seeds 0 1 2]
+Usage: .venv/bin/python benchmarks/time_to_accuracy.py [--params params.yaml] [--seeds 0 1 2] [--set KEY=VALUE ...]
+  --set model.preset=resnet-small --set train.epochs=30   # pipelines/recipes/accurate.sh's set, as dvc exp run -S
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
 from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
 
 from cnnpipe.analysis.predictions import predict
-from cnnpipe.config import load_params
+from cnnpipe.config import Params, parse_params, read_params_file
 from cnnpipe.data.store import load_store
 from cnnpipe.models.module import load_model
 from cnnpipe.paths import Paths
@@ -37,10 +39,28 @@ def plain_and_flipped(paths: Paths, batch_size: int) -> tuple[float, float]:
     return plain, flipped
 
 
-def one_seed(params_file: Path, seed: int) -> tuple[list[tuple[int, float, float]], float, float, float, float]:
+def with_overrides(params_file: Path, overrides: list[str]) -> Params:
+    """The params file with `dvc exp run -S`-style KEY=VALUE overrides (VALUE read as YAML), validated."""
+    raw = read_params_file(params_file)
+    for override in overrides:
+        key, equals, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        section = raw
+        for parent in parents:
+            section = section.setdefault(parent, {})
+            if not isinstance(section, dict):
+                raise SystemExit(f"--set {override}: {parent} is no section of {params_file}")
+        if not equals or not leaf:
+            raise SystemExit(f"--set {override}: write KEY=VALUE, e.g. train.epochs=30")
+        section[leaf] = yaml.safe_load(value)
+    return parse_params(raw, f"{params_file} with {' '.join(overrides)}" if overrides else str(params_file))
+
+
+def one_seed(
+    params: Params, params_file: Path, seed: int
+) -> tuple[list[tuple[int, float, float]], float, float, float, float]:
     """[(epoch, seconds since start, val/acc)], test accuracy, total seconds, test accuracy without TTA and with
     the flip alone."""
-    params = load_params(params_file)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         params = params.model_copy(
@@ -66,9 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as dvc exp run -S")
     args = parser.parse_args()
-    results = {seed: one_seed(args.params, seed) for seed in args.seeds}
-    print(f"\n{datetime.now(UTC):%Y-%m-%d}, {cpu_model()}, params {args.params}")
+    params = with_overrides(args.params, args.set)
+    results = {seed: one_seed(params, args.params, seed) for seed in args.seeds}
+    print(f"\n{datetime.now(UTC):%Y-%m-%d}, {cpu_model()}, params {args.params} {' '.join(args.set)}")
     print(f"{'epoch':>5} " + " ".join(f"{f'seed {seed}: s, val/acc':>24}" for seed in args.seeds))
     for index in range(max(len(curve) for curve, *_ in results.values())):
         cells = []

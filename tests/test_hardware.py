@@ -91,15 +91,16 @@ def test_kept_memory_is_not_faulted_in_again_every_training_step():
     assert kept < default / 4, (kept, default)
 
 
-def test_a_stage_start_freezes_its_imports_and_keeps_the_collector_on(tmp_path: Path):
+@pytest.mark.parametrize("stage", ["train", "export"])  # export is a DVC stage run through the tools' path
+def test_a_stage_start_freezes_its_imports_and_keeps_the_collector_on(tmp_path: Path, stage: str):
     """cli.main imports a stage with the cyclic collector off and freezes the modules: later collections skip
     them. The collector must be on again afterwards, also when the stage then fails (here: no params file)."""
     script = (
         "import gc, sys; from cnnpipe.cli import main; "
-        "code = main(['--params', sys.argv[1], 'train']); print(code, gc.isenabled(), gc.get_freeze_count())"
+        "code = main(['--params', sys.argv[1], sys.argv[2]]); print(code, gc.isenabled(), gc.get_freeze_count())"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "missing.yaml")], capture_output=True, text=True
+        [sys.executable, "-c", script, str(tmp_path / "missing.yaml"), stage], capture_output=True, text=True
     )
     code, enabled, frozen = result.stdout.split()
     assert (code, enabled) == ("2", "True"), result.stderr

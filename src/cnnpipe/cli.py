@@ -32,6 +32,20 @@ MAX_INPUT_ELEMENTS = 1 << 22
 MAX_CLASSES = 100_000  # over four times ImageNet-21k's 21,841; the head's weights grow with it
 
 
+@contextmanager
+def _long_lived_imports() -> Iterator[None]:
+    """Imports a stage (torch, Lightning, MLflow: about 590,000 objects) with Python's cyclic garbage collector
+    off, then freezes them: each full collection during the imports scanned all objects made so far, 1.2-1.6 s
+    of a stage's 6 s start (AMD EPYC, 2 cores), and later ones skip the frozen modules. Python's own tools for
+    this (gc.freeze), set here because only the entry point knows that the imports live as long as the process."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def _input_shape(text: str) -> tuple[int, int, int]:
     try:
         channels, height, width = (int(part) for part in text.split(","))
@@ -240,10 +254,11 @@ def _export(args: argparse.Namespace) -> None:
     --format: one file (default model.onnx or model.pt here), not logged."""
     if args.output and not args.format:
         raise CnnpipeError("--output: needs --format onnx or --format torchscript (one file)")
+    with _long_lived_imports():  # a DVC stage too: it starts as the others do
+        from cnnpipe.inference.export import FILES
+        from cnnpipe.paths import Paths
+        from cnnpipe.stages import export
     params = load_params(args.params)
-    from cnnpipe.inference.export import FILES
-    from cnnpipe.paths import Paths
-    from cnnpipe.stages import export
 
     output = args.output or (Path(FILES[args.format]) if args.format else None)
     if output is not None:
@@ -319,20 +334,6 @@ def parser() -> argparse.ArgumentParser:
     exporting.add_argument("--format", type=_export_format, help="onnx or torchscript: one file, not logged")
     exporting.add_argument("--output", type=Path, help="with --format: the file to write")
     return root
-
-
-@contextmanager
-def _long_lived_imports() -> Iterator[None]:
-    """Imports a stage (torch, Lightning, MLflow: about 590,000 objects) with Python's cyclic garbage collector
-    off, then freezes them: each full collection during the imports scanned all objects made so far, 1.2-1.6 s
-    of a stage's 6 s start (AMD EPYC, 2 cores), and later ones skip the frozen modules. Python's own tools for
-    this (gc.freeze), set here because only the entry point knows that the imports live as long as the process."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from cnnpipe.config import TrainConfig
-from cnnpipe.models.hardware import auto_precision, auto_workers, chosen_accelerator, cpu_has_bf16
+from cnnpipe.models.hardware import (
+    auto_precision,
+    auto_workers,
+    chosen_accelerator,
+    cpu_has_bf16,
+    uses_channels_last,
+)
 from cnnpipe.models.trainer import build_trainer
 
 ZEN4 = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
@@ -48,6 +54,22 @@ def test_auto_workers_prepare_batches_beside_a_gpu_only():
     assert auto_workers("cpu", augments_online=True) == 0  # the cores compute
     assert auto_workers("cpu", augments_online=False) == 0  # a batch is a memory copy
     assert auto_workers("gpu", augments_online=True) == max(1, min(8, cores - 1))
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "precision", "expected"),
+    [
+        ("auto", "cpu", "32-true", True),
+        ("auto", "cpu", "bf16-mixed", True),
+        ("auto", "cuda", "32-true", False),
+        ("auto", "cuda", "bf16-mixed", True),
+        ("auto", "cuda", "16-mixed", True),
+        (False, "cpu", "bf16-mixed", False),
+        (True, "cuda", "32-true", True),
+    ],
+)
+def test_channels_last_auto_follows_the_device_and_precision(setting, device, precision, expected):
+    assert uses_channels_last(setting, device, precision) is expected
 
 
 TRAINING_STEPS = """

@@ -104,3 +104,15 @@ def test_a_shift_beyond_two_pixels_is_refused_by_name(raw_params):
     raw_params["evaluate"]["tta_shift"] = 3
     with pytest.raises(CnnpipeError, match=r"^params.yaml: evaluate.tta_shift: .* less than or equal to 2"):
         parse_params(raw_params)
+
+
+@pytest.mark.parametrize(("channels_last", "nhwc"), [("auto", True), (False, False)])
+def test_evaluation_takes_the_memory_format_train_channels_last_gives_the_cpu(channels_last, nhwc):
+    layers = [{"type": "conv", "out": 4, "kernel": 3}, {"type": "relu"}, {"type": "conv", "out": 4, "kernel": 3}]
+    train = TrainConfig(channels_last=channels_last).model_dump(mode="json")
+    module = CnnClassifier({"layers": layers}, train, (1, 8, 8), list("abc"), [0.5], [0.25]).eval()
+    images = np.random.default_rng(2).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    predict(module, images, np.arange(5) % 3, 5, mirror=True, shift=1)
+    second_conv = [parameter for parameter in module.parameters() if parameter.dim() == 4][1]  # 4 channels in
+    assert second_conv.is_contiguous(memory_format=torch.channels_last) is nhwc
+    assert second_conv.is_contiguous() is not nhwc

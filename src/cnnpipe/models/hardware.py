@@ -54,6 +54,15 @@ def auto_precision(accelerator: str) -> str:
     return "bf16-mixed" if device == "cpu" and cpu_has_bf16() else "32-true"
 
 
+def uses_channels_last(setting: bool | str, device: str, precision: str) -> bool:
+    """`train.channels_last` resolved for a device and precision: `auto` picks NHWC on a CPU (AMD EPYC, 2 cores:
+    1.36x the images/s of NCHW in fp32 training, 1.7x in evaluation; docs/benchmarks.md) and with 16-bit precision
+    on a GPU (tensor cores want NHWC), not for fp32 on a GPU."""
+    if setting != "auto":
+        return bool(setting)
+    return device == "cpu" or precision in ("16-mixed", "bf16-mixed")
+
+
 def auto_workers(accelerator: str, augments_online: bool) -> int:
     """DataLoader workers for `train.num_workers: auto`. Beside a GPU the cores are free for the data: up to 8
     worker processes augment the next batches, one core kept for the training process. On a CPU the convolutions

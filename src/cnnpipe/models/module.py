@@ -12,6 +12,7 @@ from torchmetrics import Accuracy, MeanMetric
 
 from cnnpipe.config import ModelConfig, TrainConfig
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.models.hardware import uses_channels_last
 from cnnpipe.models.network import build_model_network
 from cnnpipe.models.spec import PlannedLayer
 
@@ -89,14 +90,11 @@ class CnnClassifier(pl.LightningModule):
         return (logits.squeeze(1) > 0).long() if self.binary else logits.argmax(dim=1)
 
     def on_fit_start(self) -> None:
-        """NHWC weights when `train.channels_last` says so; `auto` decides by what Lightning chose: on a CPU
-        (AMD EPYC, 2 cores: 1.36x the images/s of NCHW in fp32, docs/benchmarks.md) and with 16-bit precision
-        on a GPU (tensor cores want NHWC), not for fp32 on a GPU."""
-        setting = self.train_config.channels_last
-        if setting == "auto":
-            setting = self.device.type == "cpu" or self.trainer.precision in ("16-mixed", "bf16-mixed")
-        self.channels_last = setting
-        if setting:  # the batches follow in on_after_batch_transfer
+        """NHWC weights when `train.channels_last` says so for the device and precision Lightning chose."""
+        self.channels_last = uses_channels_last(
+            self.train_config.channels_last, self.device.type, self.trainer.precision
+        )
+        if self.channels_last:  # the batches follow in on_after_batch_transfer
             self.to(memory_format=torch.channels_last)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

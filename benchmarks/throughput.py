@@ -38,6 +38,7 @@ from cnnpipe.config import Params, load_params
 from cnnpipe.data.augmentation import ONLINE, PIPELINE_FILE, augment_images, load_pipeline
 from cnnpipe.data.datamodule import to_model_input
 from cnnpipe.data.store import load_store
+from cnnpipe.models.hardware import skip_absent_nvml
 from cnnpipe.models.network import build_model_network, forward_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +115,7 @@ def stage_images_per_second(raw: dict, variant: Variant, batches: int, accelerat
 
 def plain_loop_images_per_second(params: Params, variant: Variant, batches: int, device: str) -> tuple[float, float]:
     """The same training by hand: (images/s of all steps, images/s without the first epoch's compile/warm-up)."""
+    skip_absent_nvml()  # as the stage does: importing cnnpipe imported Lightning, which a loop by hand would not
     manifest, splits = load_store(PULLED)
     train = splits["train"]
     pipeline = load_pipeline(AUGMENTED / PIPELINE_FILE) if params.augment.online else None

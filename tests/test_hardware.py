@@ -1,5 +1,6 @@
 """The `auto` precision: decided by the CPU's bf16 instructions as Linux lists them, and by the GPU; and the
-allocator setting that keeps a training step's memory from being page-faulted in anew every step."""
+allocator setting that keeps a training step's memory from being page-faulted in anew every step; no NVML lookups
+on every step where the library is absent."""
 
 import os
 import platform
@@ -11,10 +12,13 @@ import pytest
 
 from cnnpipe.config import TrainConfig
 from cnnpipe.models.hardware import (
+    NVML_CHECK,
+    NVML_LIBRARY,
     auto_precision,
     auto_workers,
     chosen_accelerator,
     cpu_has_bf16,
+    skip_absent_nvml,
     uses_channels_last,
 )
 from cnnpipe.models.trainer import build_trainer
@@ -127,3 +131,24 @@ def test_a_stage_start_freezes_its_imports_and_keeps_the_collector_on(tmp_path: 
     code, enabled, frozen = result.stdout.split()
     assert (code, enabled) == ("2", "True"), result.stderr
     assert int(frozen) > 100_000  # torch, Lightning and MLflow's objects
+
+
+def test_torch_stops_looking_for_an_absent_nvml_and_answers_as_before(monkeypatch):
+    """Lightning's NVML-based CUDA check tries to load NVIDIA's library on every optimizer step; where it is
+    absent the check is switched off, where it exists it stays. Either way torch's answer is the same."""
+    import ctypes
+
+    import torch
+
+    monkeypatch.setenv(NVML_CHECK, "1")
+    available = torch.cuda.is_available()
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+        nvml = True
+    except OSError:
+        nvml = False
+    assert skip_absent_nvml() is not nvml
+    assert os.environ[NVML_CHECK] == ("1" if nvml else "0")
+    assert torch.cuda.is_available() == available
+    monkeypatch.setenv(NVML_CHECK, "0")
+    assert skip_absent_nvml() is False and os.environ[NVML_CHECK] == "0"

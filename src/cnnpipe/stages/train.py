@@ -26,7 +26,7 @@ from cnnpipe.data.datamodule import ImageDataModule, to_model_input
 from cnnpipe.data.store import load_store
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
-from cnnpipe.models.hardware import auto_workers, keep_freed_memory
+from cnnpipe.models.hardware import auto_workers, keep_freed_memory, skip_absent_nvml
 from cnnpipe.models.module import CnnClassifier, load_model
 from cnnpipe.models.network import forward_flops, shape_table, widths
 from cnnpipe.models.trainer import build_trainer, describe, quiet_lightning
@@ -154,6 +154,7 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     keep_freed_memory()
+    skip_absent_nvml()
     try:
         with quiet_lightning(announcements=True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)

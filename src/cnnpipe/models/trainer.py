@@ -15,11 +15,12 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from cnnpipe.config import TrainConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models import resume
+from cnnpipe.models.callbacks import ProgressBar
 from cnnpipe.models.hardware import auto_precision
 from cnnpipe.models.requeue import RequeueOnSignal
 
@@ -91,7 +92,7 @@ def build_trainer(
             auto_insert_metric_name=False,
             enable_version_counter=False,  # a resumed run overwrites best.ckpt instead of adding best-v1.ckpt
         ),
-        RichProgressBar(),
+        ProgressBar(),
         *callbacks,
     ]
     # Under SLURM our callback, not Lightning's signal handler, saves and requeues on --signal (see requeue.py).

@@ -83,3 +83,24 @@ def test_training_reduces_the_loss(optimizer, scheduler, classes, channels_last)
     conv = module.network.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == (channels_last in (True, "auto"))
     assert module.channels_last == (channels_last in (True, "auto"))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_epoch_metrics_are_the_exact_means_over_every_image(classes):
+    """The loss and accuracy logged for an epoch are those of all its images, a short last batch weighing less
+    (70 images in batches of 16), and the sanity check's batches are not counted in the first validation."""
+    torch.manual_seed(0)
+    train, held_out = bright_row_images(70, classes, 1), bright_row_images(70, classes, 1)
+    # an optimiser that leaves the weights as they are: the epoch's metrics are those of this network
+    module = classifier(classes, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=1e-30, scheduler="none")
+    quiet_trainer(max_epochs=2, num_sanity_val_steps=2, inference_mode=False).fit(
+        module, DataLoader(train, batch_size=16), DataLoader(held_out, batch_size=16)
+    )
+    metrics = module.trainer.callback_metrics
+    with torch.no_grad():
+        for stage, data in (("train", train), ("val", held_out)):
+            images, labels = data.tensors
+            logits = module.eval()(images)
+            accuracy = (module.predictions(logits) == labels).float().mean()
+            assert torch.isclose(metrics[f"{stage}/acc"], accuracy, atol=1e-6), stage
+            assert torch.isclose(metrics[f"{stage}/loss"], module.loss(logits, labels), atol=1e-5), stage

@@ -80,7 +80,8 @@ class ProgressBar(TQDMProgressBar):
     Lightning draws it every `refresh_rate` batches, with the metrics: after every batch that cost 0.4 ms of a
     14 ms CPU step (AMD EPYC, 2 cores; docs/benchmarks.md), and a fixed count of batches cannot suit both a CPU
     step and a GPU step a hundred times shorter. Lightning's rich bar does its work after every batch whatever the
-    rate, and draws from a thread that takes a core's time from the training.
+    rate, and draws from a thread of its own that competes with the training's on 2 cores. `_should_update` is
+    Lightning's private question; tests/test_callbacks.py fails if Lightning stops asking it.
     """
 
     def __init__(self, per_second: float = 4.0):

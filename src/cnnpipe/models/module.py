@@ -139,7 +139,8 @@ class CnnClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
-        # before the callbacks' on_train_epoch_end (EpochHistory reads the metrics there), which come before ours
+        # at the epoch's last batch: Lightning calls the module's on_train_epoch_end after the callbacks' one, where
+        # EpochHistory reads the metrics
         if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._log_epoch("train")
         return loss

@@ -117,19 +117,29 @@ def test_kept_memory_is_not_faulted_in_again_every_training_step():
     assert kept < default / 4, (kept, default)
 
 
-@pytest.mark.parametrize("stage", ["train", "export"])  # export is a DVC stage run through the tools' path
-def test_a_stage_start_freezes_its_imports_and_keeps_the_collector_on(tmp_path: Path, stage: str):
-    """cli.main imports a stage with the cyclic collector off and freezes the modules: later collections skip
-    them. The collector must be on again afterwards, also when the stage then fails (here: no params file)."""
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train"],
+        ["export"],  # a DVC stage run through the tools' path
+        ["predict", "{missing}.png"],
+        ["rf", "lenet5"],
+        ["compare", "--tracking-uri", "sqlite:///{missing}.db", "--experiment", "none"],
+    ],
+)
+def test_a_stage_or_tool_start_freezes_its_imports_and_keeps_the_collector_on(tmp_path: Path, command: list[str]):
+    """cli.main imports a stage or a tool with the cyclic collector off and freezes the modules: later
+    collections skip them. The collector must be on again afterwards, also when the command then fails (here:
+    no params file, no such image or store) or succeeds (rf)."""
+    missing = tmp_path / "missing"
     script = (
         "import gc, sys; from cnnpipe.cli import main; "
-        "code = main(['--params', sys.argv[1], sys.argv[2]]); print(code, gc.isenabled(), gc.get_freeze_count())"
+        "code = main(sys.argv[1:]); print(code, gc.isenabled(), gc.get_freeze_count())"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "missing.yaml"), stage], capture_output=True, text=True
-    )
-    code, enabled, frozen = result.stdout.split()
-    assert (code, enabled) == ("2", "True"), result.stderr
+    argv = ["--params", f"{missing}.yaml", *(part.format(missing=missing) for part in command)]
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=tmp_path)
+    code, enabled, frozen = result.stdout.split()[-3:]
+    assert (code, enabled) == ("0" if command[0] == "rf" else "2", "True"), result.stderr
     assert int(frozen) > 100_000  # torch, Lightning and MLflow's objects
 
 

@@ -34,10 +34,11 @@ MAX_CLASSES = 100_000  # over four times ImageNet-21k's 21,841; the head's weigh
 
 @contextmanager
 def _long_lived_imports() -> Iterator[None]:
-    """Imports a stage (torch, Lightning, MLflow: about 590,000 objects) with Python's cyclic garbage collector
-    off, then freezes them: each full collection during the imports scanned all objects made so far, 1.2-1.6 s
-    of a stage's 6 s start (AMD EPYC, 2 cores), and later ones skip the frozen modules. Python's own tools for
-    this (gc.freeze), set here because only the entry point knows that the imports live as long as the process."""
+    """Imports a stage or a tool (torch, Lightning, MLflow: about 590,000 objects) with Python's cyclic garbage
+    collector off, then freezes them: each full collection during the imports scanned all objects made so far,
+    1.2-1.6 s of a stage's 6 s start (AMD EPYC, 2 cores; `cnnpipe predict` of 3 images: 3.0 s against 5.0 s), and
+    later ones skip the frozen modules. Python's own tools for this (gc.freeze), set here because only the entry
+    point knows that the imports live as long as the process."""
     gc.disable()
     try:
         yield
@@ -74,8 +75,10 @@ def _check(args: argparse.Namespace) -> None:
     layer's [C, H, W] for the pulled data (or --input)."""
     params = load_params(args.params)
     from cnnpipe.console import console
-    from cnnpipe.models.network import build_model_network, shape_table
-    from cnnpipe.stages.train import preflight
+
+    with _long_lived_imports():
+        from cnnpipe.models.network import build_model_network, shape_table
+        from cnnpipe.stages.train import preflight
 
     shape, classes = _data_shape(args)
     plan, network = build_model_network(params.model, shape, classes, [0.0] * shape[0], [1.0] * shape[0])
@@ -90,8 +93,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def _rf(args: argparse.Namespace) -> None:
     """Receptive field, jump and start of every layer of MODEL: params, a preset or torchvision:NAME."""
-    from cnnpipe.analysis import models, receptive_field, report
     from cnnpipe.console import console
+
+    with _long_lived_imports():
+        from cnnpipe.analysis import models, receptive_field, report
 
     if args.model == "params":
         params = load_params(args.params)
@@ -107,8 +112,10 @@ def _rf(args: argparse.Namespace) -> None:
 
 def _kernels(args: argparse.Namespace) -> None:
     """Filters IMAGE with one of the lecture's kernels and writes the feature map as an image (PNG by default)."""
-    from cnnpipe.analysis import kernels
     from cnnpipe.console import console
+
+    with _long_lived_imports():
+        from cnnpipe.analysis import kernels
 
     kernels.kernel(args.kernel)  # a name that is no kernel fails first: the default output is named after it
     image = kernels.read_greyscale(args.image)
@@ -145,8 +152,9 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
 def _compare(args: argparse.Namespace) -> None:
     """The trainings of an MLflow experiment, each with its newest evaluation: the params that differ, the
     metrics, best first."""
-    from cnnpipe.tracking.compare import DEFAULT_METRICS, compare
-    from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
+    with _long_lived_imports():
+        from cnnpipe.tracking.compare import DEFAULT_METRICS, compare
+        from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
 
     if args.output and not args.format:
         raise CnnpipeError("--output: needs --format md or --format csv; the table view prints to the terminal")
@@ -193,7 +201,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     from cnnpipe.config import LimitsConfig
     from cnnpipe.console import console, note, warn
-    from cnnpipe.inference import inputs, predict
+
+    with _long_lived_imports():
+        from cnnpipe.inference import inputs, predict
 
     fmt = predict.output_format(args.output) if args.output else "csv"
     params = load_params(args.params) if args.params.exists() else None
@@ -230,12 +240,15 @@ def _prediction_model(args: argparse.Namespace, params):
     """--model: a checkpoint file, or an MLflow model URI (models:/NAME@ALIAS, runs:/ID/model) in the tracking
     store of --tracking-uri, else of the params file."""
     if ":/" not in args.model:
-        from cnnpipe.inference.model import from_checkpoint
+        with _long_lived_imports():  # Lightning
+            from cnnpipe.inference.model import from_checkpoint
 
         return from_checkpoint(Path(args.model))
     from cnnpipe.config import MlflowConfig
-    from cnnpipe.tracking.mlflow_model import load_classifier
-    from cnnpipe.tracking.mlflow_run import check_reachable, resolve_tracking_uri
+
+    with _long_lived_imports():  # MLflow
+        from cnnpipe.tracking.mlflow_model import load_classifier
+        from cnnpipe.tracking.mlflow_run import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri or (params.mlflow if params else MlflowConfig()).tracking_uri)
     check_reachable(uri)

@@ -31,11 +31,18 @@ def run(*args: str, cwd: Path) -> float:
 
 
 def override(params: dict, assignment: str) -> None:
-    key, value = assignment.split("=", 1)
+    """One `dvc exp run -S` assignment, KEY=VALUE with VALUE read as YAML, made in the raw params in place; a
+    missing section is added, as DVC adds it. ValueError says what is wrong."""
+    key, equals, value = assignment.partition("=")
     *parents, leaf = key.split(".")
-    for part in parents:
-        params = params[part]
-    params[leaf] = yaml.safe_load(value)
+    if not equals or not leaf:
+        raise ValueError("write KEY=VALUE, e.g. train.epochs=30")
+    section = params
+    for parent in parents:
+        section = section.setdefault(parent, {})
+        if not isinstance(section, dict):
+            raise ValueError(f"{parent} is no section of the params")
+    section[leaf] = yaml.safe_load(value)
 
 
 def main() -> None:
@@ -49,7 +56,10 @@ def main() -> None:
         shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         for assignment in args.overrides:
-            override(params, assignment)
+            try:
+                override(params, assignment)
+            except ValueError as error:
+                raise SystemExit(f"-S {assignment}: {error}") from None
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         for command in (
             ("git", "init", "-q"),

@@ -18,8 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
+from pipeline import override
 
 from cnnpipe.analysis.predictions import predict
 from cnnpipe.config import Params, parse_params, read_params_file
@@ -42,17 +42,11 @@ def plain_and_flipped(paths: Paths, batch_size: int) -> tuple[float, float]:
 def with_overrides(params_file: Path, overrides: list[str]) -> Params:
     """The params file with `dvc exp run -S`-style KEY=VALUE overrides (VALUE read as YAML), validated."""
     raw = read_params_file(params_file)
-    for override in overrides:
-        key, equals, value = override.partition("=")
-        *parents, leaf = key.split(".")
-        section = raw
-        for parent in parents:
-            section = section.setdefault(parent, {})
-            if not isinstance(section, dict):
-                raise SystemExit(f"--set {override}: {parent} is no section of {params_file}")
-        if not equals or not leaf:
-            raise SystemExit(f"--set {override}: write KEY=VALUE, e.g. train.epochs=30")
-        section[leaf] = yaml.safe_load(value)
+    for assignment in overrides:
+        try:
+            override(raw, assignment)
+        except ValueError as error:
+            raise SystemExit(f"--set {assignment}: {error}") from None
     return parse_params(raw, f"{params_file} with {' '.join(overrides)}" if overrides else str(params_file))
 
 

@@ -59,7 +59,8 @@ def main() -> None:
             try:
                 override(params, assignment)
             except ValueError as error:
-                raise SystemExit(f"-S {assignment}: {error}") from None
+                print(f"pipeline: error: -S {assignment}: {error}", file=sys.stderr)
+                sys.exit(2)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         for command in (
             ("git", "init", "-q"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from pipeline import override
 from cnnpipe.analysis.predictions import predict
 from cnnpipe.config import Params, parse_params, read_params_file
 from cnnpipe.data.store import load_store
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.module import load_model
 from cnnpipe.paths import Paths
 from cnnpipe.stages import augment, evaluate, pull, train
@@ -46,7 +48,7 @@ def with_overrides(params_file: Path, overrides: list[str]) -> Params:
         try:
             override(raw, assignment)
         except ValueError as error:
-            raise SystemExit(f"--set {assignment}: {error}") from None
+            raise CnnpipeError(f"--set {assignment}: {error}") from None
     return parse_params(raw, f"{params_file} with {' '.join(overrides)}" if overrides else str(params_file))
 
 
@@ -82,7 +84,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as dvc exp run -S")
     args = parser.parse_args()
-    params = with_overrides(args.params, args.set)
+    try:
+        params = with_overrides(args.params, args.set)
+    except CnnpipeError as error:  # no params file, a bad --set, an unknown key or value (named as train names it)
+        print(f"time_to_accuracy: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     results = {seed: one_seed(params, args.params, seed) for seed in args.seeds}
     print(f"\n{datetime.now(UTC):%Y-%m-%d}, {cpu_model()}, params {args.params} {' '.join(args.set)}")
     print(f"{'epoch':>5} " + " ".join(f"{f'seed {seed}: s, val/acc':>24}" for seed in args.seeds))

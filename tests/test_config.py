@@ -99,10 +99,20 @@ def test_width_multiplies_every_conv_and_dense_layer(raw_params):
     assert widths == [8, 24, 128, 10]  # 16, 48 and 256 halved; the head keeps one logit per class
 
 
-def test_width_is_refused_for_a_network_that_is_not_a_layer_list(raw_params):
-    raw_params["model"].update(preset="resnet-small", width=2)
-    with pytest.raises(CnnpipeError, match=r"^params.yaml: model.width: applies to layer lists .* not to resnet-small"):
+def test_width_is_refused_for_a_torchvision_network(raw_params):
+    raw_params["model"].update(preset="torchvision:resnet18", width=2)
+    with pytest.raises(
+        CnnpipeError, match=r"^params.yaml: model.width: applies to .* and to resnet-small, not to torchvision:resnet18"
+    ):
         parse_params(raw_params)
+
+
+def test_width_widens_every_stage_of_resnet_small(raw_params):
+    from cnnpipe.models.network import build_model_network, widths
+
+    raw_params["model"].update(preset="resnet-small", width=2.5)
+    _, network = build_model_network(parse_params(raw_params).model, (1, 28, 28), 10, [0.0], [1.0])
+    assert widths(network) == [40] * 5 + [80] * 5 + [160] * 5 + [10]  # stem and 2 blocks of 2 convs; 1x1 shortcuts
 
 
 @pytest.mark.parametrize(

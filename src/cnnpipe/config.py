@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.layers import LAYER_PRESETS, LAYER_TYPES, PRESETS, TORCHVISION_PREFIX, LayerSpec
+from cnnpipe.layers import LAYER_PRESETS, LAYER_TYPES, MODULE_PRESETS, PRESETS, TORCHVISION_PREFIX, LayerSpec
 
 DEFAULT_PARAMS = Path("params.yaml")
 Fraction = Annotated[float, Field(gt=0, le=1)]  # of the batches, as Lightning's limit_*_batches take it
@@ -112,7 +112,9 @@ class ModelConfig(_Section):
     )
     layers: list[LayerSpec] = Field(default_factory=list)
     width: PositiveFloat = Field(
-        1.0, description="multiplies every conv's and dense layer's `out` (the network's width); depth is len(layers)"
+        1.0,
+        description="multiplies every conv's and dense layer's `out` (the network's width) and resnet-small's "
+        "kernels; depth is len(layers)",
     )
     fixed_first_layer: list[str] = Field(
         default_factory=list,
@@ -127,10 +129,10 @@ class ModelConfig(_Section):
             )
         if self.preset is None and not self.layers:
             raise ValueError("model.layers: needs at least one layer, or set model.preset")
-        if self.width != 1 and self.preset is not None and self.preset not in LAYER_PRESETS:
+        if self.width != 1 and self.preset is not None and self.preset.startswith(TORCHVISION_PREFIX):
             raise ValueError(
-                f"model.width: applies to layer lists (model.layers, {', '.join(LAYER_PRESETS)}), "
-                f"not to {self.preset}; set it to 1"
+                f"model.width: applies to layer lists (model.layers, {', '.join(LAYER_PRESETS)}) and to "
+                f"{', '.join(MODULE_PRESETS)}, not to {self.preset}; set it to 1"
             )
         return self
 

@@ -94,7 +94,7 @@ def build_model_network(
             layers = ModelConfig(layers=LAYER_PRESETS[config.preset]).layers
         plan = plan_layers(config.scaled_layers(layers), input_shape, num_classes)
         return plan, _fix_first_conv(build_network(plan, mean, std), config.fixed_first_layer)
-    body = presets.preset_module(config.preset, input_shape[0], head_outputs(num_classes))
+    body = presets.preset_module(config.preset, input_shape[0], head_outputs(num_classes), config.width)
     network = nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), ("body", body)]))
     try:  # a dry run: torchvision's deeper networks pool small images down to nothing
         with torch.no_grad():

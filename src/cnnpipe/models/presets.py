@@ -31,11 +31,13 @@ class ResidualBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + self.shortcut(x))
 
 
-def resnet_small(in_channels: int, outputs: int) -> nn.Module:
-    """A CIFAR-style ResNet: a 3x3 stem, three stages of two residual blocks (16, 32, 64 kernels)."""
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    channels = 16
-    for out, stride in ((16, 1), (32, 2), (64, 2)):
+def resnet_small(in_channels: int, outputs: int, width: float = 1.0) -> nn.Module:
+    """A CIFAR-style ResNet: a 3x3 stem, three stages of two residual blocks (16, 32, 64 kernels, each times
+    `width`: a wide ResNet, widened as Zagoruyko and Komodakis widen theirs, at the same depth)."""
+    stem, wider, widest = (max(1, round(kernels * width)) for kernels in (16, 32, 64))
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU()]
+    channels = stem
+    for out, stride in ((stem, 1), (wider, 2), (widest, 2)):
         layers += [ResidualBlock(channels, out, stride), ResidualBlock(out, out, 1)]
         channels = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, outputs)]
@@ -77,9 +79,9 @@ def torchvision_classifier(name: str, in_channels: int, outputs: int) -> nn.Modu
     return model
 
 
-def preset_module(name: str, in_channels: int, outputs: int) -> nn.Module:
+def preset_module(name: str, in_channels: int, outputs: int, width: float = 1.0) -> nn.Module:
     if name in MODULES:
-        return MODULES[name](in_channels, outputs)
+        return MODULES[name](in_channels, outputs, width)
     return torchvision_classifier(name.removeprefix(TORCHVISION_PREFIX), in_channels, outputs)
 
 

@@ -26,16 +26,20 @@ from cnnpipe.analysis.predictions import predict
 from cnnpipe.config import Params, parse_params, read_params_file
 from cnnpipe.data.store import load_store
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.models.hardware import inference_device
 from cnnpipe.models.module import load_model
 from cnnpipe.paths import Paths
 from cnnpipe.stages import augment, evaluate, pull, train
 
 
-def plain_and_flipped(paths: Paths, batch_size: int) -> tuple[float, float]:
+def plain_and_flipped(paths: Paths, params: Params) -> tuple[float, float]:
     """The test accuracy of the trained model on the plain test images and with the test-time flip alone: what
     evaluate's test-time augmentation adds, part by part."""
     _, splits = load_store(paths.pulled)
-    model, test = load_model(paths.trained / "model.ckpt"), splits["test"]
+    model = load_model(paths.trained / "model.ckpt").to(
+        inference_device(params.train.accelerator, params.train.devices)
+    )
+    test, batch_size = splits["test"], params.evaluate.batch_size
     results = (predict(model, test.images, test.labels, batch_size, mirror) for mirror in (False, True))
     plain, flipped = (float((result.predicted == result.labels).mean()) for result in results)
     return plain, flipped
@@ -73,7 +77,7 @@ def one_seed(
         total = time.perf_counter() - started
         with (paths.metrics / "train_history.csv").open() as handle:
             rows = list(csv.DictReader(handle))
-        plain, flipped = plain_and_flipped(paths, params.evaluate.batch_size)
+        plain, flipped = plain_and_flipped(paths, params)
     curve = [(int(row["epoch"]), float(row["finished_at"]) - wall, float(row["val/acc"])) for row in rows]
     return curve, test, total, plain, flipped
 

@@ -1,6 +1,6 @@
 """The `auto` precision: decided by the CPU's bf16 instructions as Linux lists them, and by the GPU; and the
 allocator setting that keeps a training step's memory from being page-faulted in anew every step; no NVML lookups
-on every step where the library is absent."""
+on every step where the library is absent; evaluation on the training's device kind."""
 
 import os
 import platform
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnpipe.config import TrainConfig
 from cnnpipe.models.hardware import (
@@ -18,6 +19,7 @@ from cnnpipe.models.hardware import (
     auto_workers,
     chosen_accelerator,
     cpu_has_bf16,
+    inference_device,
     skip_absent_nvml,
     uses_channels_last,
 )
@@ -74,6 +76,18 @@ def test_auto_workers_prepare_batches_beside_a_gpu_only():
 )
 def test_channels_last_auto_follows_the_device_and_precision(setting, device, precision, expected):
     assert uses_channels_last(setting, device, precision) is expected
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "expected"),
+    [("cpu", "auto", "cpu"), ("gpu", 2, "cuda"), ("cuda", [2, 3], "cuda:2"), ("gpu", "auto", "cuda")],
+)
+def test_evaluation_runs_on_the_trainings_device_kind(accelerator, devices, expected):
+    assert inference_device(accelerator, devices) == torch.device(expected)
+
+
+def test_evaluation_on_auto_goes_where_lightning_trains():
+    assert inference_device("auto", "auto").type == chosen_accelerator("auto")
 
 
 TRAINING_STEPS = """

@@ -32,7 +32,8 @@ def predict(
     mirror: bool = False,
     shift: int = 0,
 ) -> Predictions:
-    """Runs the whole split through the model in batches; uint8 [N, H, W, C] in, per-image predictions out.
+    """Runs the whole split through the model, on the module's device, in batches; uint8 [N, H, W, C] in,
+    per-image predictions out.
 
     Test-time augmentation: the probabilities are the mean over the image's `views` (its left-right mirror for a
     model trained on mirrored images, shifts of up to `shift` pixels); the loss is the cross-entropy of that mean.
@@ -44,8 +45,8 @@ def predict(
     module = module.to(memory_format=memory_format)
     predicted, confidence, total_loss = [], [], 0.0
     for start in track(range(0, len(images), batch_size), description="Evaluating", console=console):
-        batch = to_model_input(images[start : start + batch_size])
-        targets = torch.from_numpy(np.array(labels[start : start + batch_size]))
+        batch = to_model_input(images[start : start + batch_size]).to(module.device)
+        targets = torch.from_numpy(np.array(labels[start : start + batch_size])).to(module.device)
         probabilities = torch.stack(
             [
                 module.probabilities(module(view.contiguous(memory_format=memory_format)))
@@ -55,8 +56,8 @@ def predict(
         probabilities = probabilities.mean(0)
         total_loss += float(F.nll_loss(probabilities.clamp_min(1e-12).log(), targets, reduction="sum"))
         best = probabilities.max(dim=1)
-        predicted.append(best.indices.numpy())
-        confidence.append(best.values.numpy())
+        predicted.append(best.indices.cpu().numpy())
+        confidence.append(best.values.cpu().numpy())
     return Predictions(
         np.asarray(labels), np.concatenate(predicted), np.concatenate(confidence), total_loss / len(labels)
     )

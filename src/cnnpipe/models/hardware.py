@@ -47,6 +47,14 @@ def chosen_accelerator(accelerator: str) -> str:
     return "cuda" if accelerator == "gpu" else accelerator
 
 
+def inference_device(accelerator: str, devices: int | list[int] | str) -> torch.device:
+    """Where evaluate runs the trained model: the kind of device the training ran on, its first listed GPU where
+    `train.devices` lists them. A GPU-trained wide ResNet's 18 test-time views of 10,000 images are minutes of
+    CPU work."""
+    kind = chosen_accelerator(accelerator)
+    return torch.device(kind, devices[0] if isinstance(devices, list) and kind == "cuda" else None)
+
+
 def auto_precision(accelerator: str) -> str:
     """bf16-mixed where the device has bf16 units (a CPU with its instructions, an Ampere or newer GPU),
     else 32-true: float16 AMP on older GPUs and MPS stay a choice one makes by name."""

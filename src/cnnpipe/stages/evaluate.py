@@ -19,7 +19,7 @@ from cnnpipe.config import Params
 from cnnpipe.console import console, warn
 from cnnpipe.data.store import load_store
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.hardware import keep_freed_memory
+from cnnpipe.models.hardware import inference_device, keep_freed_memory
 from cnnpipe.models.module import load_model
 from cnnpipe.outputs import replaced_files, write_atomically
 from cnnpipe.paths import Paths
@@ -58,7 +58,9 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
     The model, the store and the tracking store are all checked before anything is computed; the outputs are
     written only once all of them are ready, so a failed evaluation leaves the previous ones in place.
     """
-    module = load_model(paths.trained / "model.ckpt")
+    module = load_model(paths.trained / "model.ckpt").to(
+        inference_device(params.train.accelerator, params.train.devices)
+    )
     manifest, splits = load_store(paths.pulled, verify=True)
     if manifest.classes != module.classes:
         raise CnnpipeError(

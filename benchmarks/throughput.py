@@ -199,7 +199,7 @@ def main() -> None:
         share = 100 * (stage_steady if stage == stage else steady) * train_flops / 1e9 / peaks[variant.precision]
         print(
             f"{variant.name:44} {plain:11.0f} {steady:8.0f} {stage:8.0f} {stage_steady:8.0f} {ratio:11.2f} "
-            f"{steady_ratio:7.2f} {share:8.1f}%"
+            f"{steady_ratio:7.2f} {share:8.2f}%"
         )
     print(
         f"\nimages/s, means of {args.rounds} rounds; plain loop and stage: all steps; steady: the second epoch only "

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (AVX-512, AMX) and Arm (FEAT_BF16) names in cpuinfo
 CPUINFO = Path("/proc/cpuinfo")
@@ -49,9 +49,11 @@ def chosen_accelerator(accelerator: str) -> str:
 
 def inference_device(accelerator: str, devices: int | list[int] | str) -> torch.device:
     """Where evaluate runs the trained model: the kind of device the training ran on, its first listed GPU where
-    `train.devices` lists them. A GPU-trained wide ResNet's 18 test-time views of 10,000 images are minutes of
-    CPU work."""
+    `train.devices` lists them; the CPU where this machine lacks that kind (a model trained elsewhere and pulled).
+    A GPU-trained wide ResNet's 18 test-time views of 10,000 images are minutes of CPU work."""
     kind = chosen_accelerator(accelerator)
+    if not {"cuda": CUDAAccelerator, "mps": MPSAccelerator}.get(kind, CPUAccelerator).is_available():
+        return torch.device("cpu")
     return torch.device(kind, devices[0] if isinstance(devices, list) and kind == "cuda" else None)
 
 

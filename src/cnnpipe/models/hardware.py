@@ -49,12 +49,14 @@ def chosen_accelerator(accelerator: str) -> str:
 
 def inference_device(accelerator: str, devices: int | list[int] | str) -> torch.device:
     """Where evaluate runs the trained model: the kind of device the training ran on, its first listed GPU where
-    `train.devices` lists them; the CPU where this machine lacks that kind (a model trained elsewhere and pulled).
-    A GPU-trained wide ResNet's 18 test-time views of 10,000 images are minutes of CPU work."""
+    `train.devices` lists them and this machine has it; the CPU where this machine lacks that kind (a model
+    trained elsewhere and pulled). A GPU-trained wide ResNet's 18 test-time views of 10,000 images are minutes of
+    CPU work."""
     kind = chosen_accelerator(accelerator)
     if not {"cuda": CUDAAccelerator, "mps": MPSAccelerator}.get(kind, CPUAccelerator).is_available():
         return torch.device("cpu")
-    return torch.device(kind, devices[0] if isinstance(devices, list) and kind == "cuda" else None)
+    listed = isinstance(devices, list) and kind == "cuda" and devices[0] < torch.cuda.device_count()
+    return torch.device(kind, devices[0] if listed else None)
 
 
 def auto_precision(accelerator: str) -> str:

@@ -104,6 +104,11 @@ class AugmentConfig(_Section):
         return items
 
 
+def widened(out: int, width: float) -> int:
+    """A layer's kernels or units times `model.width`, at least 1: one rule for layer lists and residual presets."""
+    return max(1, round(out * width))
+
+
 class ModelConfig(_Section):
     """The CNN body as a list of layers (the head is appended from the number of classes), or a preset."""
 
@@ -141,7 +146,7 @@ class ModelConfig(_Section):
         if self.width == 1:
             return list(layers)
         return [
-            layer.model_copy(update={"out": max(1, round(layer.out * self.width))}) if hasattr(layer, "out") else layer
+            layer.model_copy(update={"out": widened(layer.out, self.width)}) if hasattr(layer, "out") else layer
             for layer in layers
         ]
 

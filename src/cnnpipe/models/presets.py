@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from cnnpipe.config import widened
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.layers import MODULE_PRESETS, TORCHVISION_PREFIX
 
@@ -34,7 +35,7 @@ class ResidualBlock(nn.Module):
 def resnet_small(in_channels: int, outputs: int, width: float = 1.0) -> nn.Module:
     """A CIFAR-style ResNet: a 3x3 stem, three stages of two residual blocks (16, 32, 64 kernels, each times
     `width`: a wide ResNet, widened as Zagoruyko and Komodakis widen theirs, at the same depth)."""
-    stem, wider, widest = (max(1, round(kernels * width)) for kernels in (16, 32, 64))
+    stem, wider, widest = (widened(kernels, width) for kernels in (16, 32, 64))
     layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU()]
     channels = stem
     for out, stride in ((stem, 1), (wider, 2), (widest, 2)):

@@ -4,8 +4,9 @@ share of this machine's measured matmul peak.
 
 The stage variants are real `cnnpipe train` runs in temporary folders (images/s from metrics/train.json:
 training batches only, all ranks together). The plain loop is what a person would write by hand: the pulled
-store, params.yaml's albumentations pipeline per batch, AdamW with one-cycle, no Lightning. Each variant runs
-2 epochs x --batches; the compiled loops are timed with their compile time and without it. A shared VM's speed
+store, params.yaml's albumentations pipeline per batch, AdamW with one-cycle (its fused step where the stage takes
+it; torch's default step in one more variant), no Lightning. Each variant runs 2 epochs x --batches; the compiled
+loops are timed with their compile time and without it. A shared VM's speed
 drifts by tens of percent over minutes, so each stage run follows its plain loop, in --rounds rounds.
 Run `make repro` (or `cnnpipe pull && cnnpipe augment`) first.
 Usage:
@@ -38,7 +39,7 @@ from cnnpipe.config import Params, load_params
 from cnnpipe.data.augmentation import ONLINE, PIPELINE_FILE, augment_images, load_pipeline
 from cnnpipe.data.datamodule import to_model_input
 from cnnpipe.data.store import load_store
-from cnnpipe.models.hardware import skip_absent_nvml
+from cnnpipe.models.hardware import fused_optimizer, keep_freed_memory, skip_absent_nvml
 from cnnpipe.models.network import build_model_network, forward_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ class Variant:
     compiled: bool = False
     devices: int = 1
     workers: int = 0  # the stage's DataLoader workers; the plain loop always augments in its own loop
+    fused: bool = True  # AdamW's fused step, as the stage takes it (hardware.fused_optimizer); False: plain loop only
 
 
 CPU_VARIANTS = [
@@ -61,6 +63,7 @@ CPU_VARIANTS = [
     Variant("bf16-mixed, NCHW", "bf16-mixed", False),
     Variant("bf16-mixed, channels_last", "bf16-mixed", True),
     Variant("bf16-mixed, channels_last, 1 loader worker", "bf16-mixed", True, workers=1),
+    Variant("bf16-mixed, channels_last, AdamW not fused", "bf16-mixed", True, fused=False),
     Variant("fp32, channels_last, compiled", "32-true", True, compiled=True),
     Variant("bf16-mixed, channels_last, compiled", "bf16-mixed", True, compiled=True),
     Variant("DDP 2 processes (gloo), fp32, channels_last", "32-true", True, devices=2),
@@ -70,6 +73,7 @@ GPU_VARIANTS = [
     Variant("bf16-mixed, NCHW", "bf16-mixed", False),
     Variant("bf16-mixed, channels_last", "bf16-mixed", True),
     Variant("bf16-mixed, channels_last, 8 loader workers", "bf16-mixed", True, workers=8),
+    Variant("bf16-mixed, channels_last, AdamW not fused", "bf16-mixed", True, fused=False),
     Variant("bf16-mixed, channels_last, compiled", "bf16-mixed", True, compiled=True),
 ]
 
@@ -116,6 +120,7 @@ def stage_images_per_second(raw: dict, variant: Variant, batches: int, accelerat
 def plain_loop_images_per_second(params: Params, variant: Variant, batches: int, device: str) -> tuple[float, float]:
     """The same training by hand: (images/s of all steps, images/s without the first epoch's compile/warm-up)."""
     skip_absent_nvml()  # as the stage does: importing cnnpipe imported Lightning, which a loop by hand would not
+    keep_freed_memory()  # as the stage does; without it the loop's speed hung on what this process had freed before
     manifest, splits = load_store(PULLED)
     train = splits["train"]
     pipeline = load_pipeline(AUGMENTED / PIPELINE_FILE) if params.augment.online else None
@@ -126,7 +131,8 @@ def plain_loop_images_per_second(params: Params, variant: Variant, batches: int,
     network = network.to(memory_format=format_)
     model = torch.compile(network) if variant.compiled else network
     cfg, batch = params.train, params.train.batch_size
-    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = True if variant.fused and fused_optimizer(torch.device(device)) else None  # None: torch's default
+    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=2 * batches)
     rng = np.random.default_rng(params.seed)
     epoch_seconds = []
@@ -186,7 +192,7 @@ def main() -> None:
             plain = steady = stage = stage_steady = float("nan")
             if variant.devices == 1:
                 plain, steady = plain_loop_images_per_second(params, variant, args.batches, device)
-            if not variant.compiled:  # the stage has no compile option: the plain loop shows why
+            if variant.fused and not variant.compiled:  # options the stage has not: the plain loop shows why
                 stage, stage_steady = stage_images_per_second(raw, variant, args.batches, accelerator)
             runs[variant.name].append((plain, steady, stage, stage_steady))
             print(f"round {round_ + 1}: {variant.name}: {plain:.0f} / {stage:.0f} images/s", flush=True)

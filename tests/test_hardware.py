@@ -1,6 +1,6 @@
 """The `auto` precision: decided by the CPU's bf16 instructions as Linux lists them, and by the GPU; and the
 allocator setting that keeps a training step's memory from being page-faulted in anew every step; no NVML lookups
-on every step where the library is absent; evaluation on the training's device kind."""
+on every step where the library is absent; evaluation on the training's device kind; fused optimizer steps."""
 
 import os
 import platform
@@ -19,6 +19,7 @@ from cnnpipe.models.hardware import (
     auto_workers,
     chosen_accelerator,
     cpu_has_bf16,
+    fused_optimizer,
     inference_device,
     skip_absent_nvml,
     uses_channels_last,
@@ -89,6 +90,31 @@ def test_evaluation_runs_on_the_trainings_device_kind_or_the_cpu_without_one(acc
 
 def test_evaluation_on_auto_goes_where_lightning_trains():
     assert inference_device("auto", "auto").type == chosen_accelerator("auto")
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", True), ("cuda", True), ("mps", False), ("meta", False)])
+def test_optimizers_step_fused_where_torch_has_the_kernels_and_we_ran_them(device, expected):
+    assert fused_optimizer(torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_a_fused_step_updates_the_weights_as_torchs_default_step_does(optimizer):
+    """Three steps of the same gradients through both implementations end at the same weights."""
+    torch.manual_seed(0)
+    start = torch.randn(1000, requires_grad=True)
+    weights = {}
+    for fused in (None, True):
+        parameter = torch.nn.Parameter(start.detach().clone())
+        if optimizer == "adamw":
+            step = torch.optim.AdamW([parameter], lr=0.01, weight_decay=0.1, fused=fused)
+        else:
+            step = torch.optim.SGD([parameter], lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1, fused=fused)
+        for seed in range(3):
+            parameter.grad = torch.randn(1000, generator=torch.Generator().manual_seed(seed))
+            step.step()
+        weights[fused] = parameter.detach()
+    assert not torch.equal(weights[True], start)
+    torch.testing.assert_close(weights[True], weights[None], rtol=1e-6, atol=1e-7)
 
 
 TRAINING_STEPS = """

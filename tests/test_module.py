@@ -83,6 +83,7 @@ def test_training_reduces_the_loss(optimizer, scheduler, classes, channels_last)
     conv = module.network.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == (channels_last in (True, "auto"))
     assert module.channels_last == (channels_last in (True, "auto"))
+    assert all(group["fused"] for group in trainer.optimizers[0].param_groups)  # on the CPU: one kernel a step
 
 
 @pytest.mark.parametrize("classes", [2, 3])

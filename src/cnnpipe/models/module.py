@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from cnnpipe.config import ModelConfig, TrainConfig
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.models.hardware import uses_channels_last
+from cnnpipe.models.hardware import fused_optimizer, uses_channels_last
 from cnnpipe.models.network import build_model_network
 from cnnpipe.models.spec import PlannedLayer
 
@@ -150,6 +150,9 @@ class CnnClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.train_config
+        # Lightning has moved the module to its device by now; None leaves torch its own choice (foreach on a GPU),
+        # which an explicit False would turn off
+        fused = True if fused_optimizer(self.device) else None
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(  # Nesterov where there is momentum: torch refuses it with none
                 self.parameters(),
@@ -157,9 +160,10 @@ class CnnClassifier(pl.LightningModule):
                 momentum=cfg.momentum,
                 weight_decay=cfg.weight_decay,
                 nesterov=cfg.momentum > 0,
+                fused=fused,
             )
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         if cfg.scheduler == "none":
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)

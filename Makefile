@@ -33,7 +33,7 @@ mirror:
 
 # A fresh clone has .dvc/ committed; this only covers a checkout whose .dvc/ was removed.
 .dvc/config:
-	$(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false
+	DVC_NO_ANALYTICS=1 $(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false
 
 repro: setup
 	$(BIN)/dvc repro

@@ -33,6 +33,13 @@ def share_the_cores_between_test_workers():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_dvc_analytics():
+    """`dvc init` reports itself before any config can say no: without this every temp repository left a report
+    file in /tmp and a daemon trying to send it (hundreds per suite). The repositories' config says no as well."""
+    os.environ["DVC_NO_ANALYTICS"] = "1"
+
+
 @pytest.fixture
 def raw_params() -> dict[str, Any]:
     """A fresh copy of params.yaml's contents, to modify in a test."""

@@ -131,7 +131,7 @@ def plain_loop_images_per_second(params: Params, variant: Variant, batches: int,
     network = network.to(memory_format=format_)
     model = torch.compile(network) if variant.compiled else network
     cfg, batch = params.train, params.train.batch_size
-    fused = True if variant.fused and fused_optimizer(torch.device(device)) else None  # None: torch's default
+    fused = fused_optimizer(torch.device(device)) if variant.fused else None  # None: torch's default step
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=2 * batches)
     rng = np.random.default_rng(params.seed)

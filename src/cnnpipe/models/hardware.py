@@ -78,12 +78,13 @@ def uses_channels_last(setting: bool | str, device: str, precision: str) -> bool
     return device == "cpu" or precision in ("16-mixed", "bf16-mixed")
 
 
-def fused_optimizer(device: torch.device) -> bool:
-    """Whether the optimizer steps in torch's fused kernels (`fused=True`: all parameters updated in one kernel)
-    rather than a loop of small operations per parameter: where torch has them for AdamW and SGD and we ran them,
-    the CPU and CUDA. On the default network (AMD EPYC, 2 cores, bf16 + channels_last) a step took 0.4-1.0 ms
-    less, 4-6% of its images/s (docs/benchmarks.md); the update is the same arithmetic. nanoGPT does the same."""
-    return device.type in FUSED_OPTIMIZER_DEVICES
+def fused_optimizer(device: torch.device) -> bool | None:
+    """torch's optimizers' `fused` argument for `device`: True (all parameters updated in one kernel, not a loop of
+    small operations per parameter) where torch has the kernels for AdamW and SGD and we ran them, the CPU and
+    CUDA; None elsewhere, torch's own choice, which an explicit False would narrow (it also turns off foreach).
+    On the default network (AMD EPYC, 2 cores, bf16 + channels_last) a step took 0.4-1.0 ms less, 4-6% of its
+    images/s (docs/benchmarks.md); the update is the same arithmetic. nanoGPT does the same."""
+    return True if device.type in FUSED_OPTIMIZER_DEVICES else None
 
 
 def auto_workers(accelerator: str, augments_online: bool) -> int:

@@ -150,9 +150,7 @@ class CnnClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.train_config
-        # Lightning has moved the module to its device by now; None leaves torch its own choice (foreach on a GPU),
-        # which an explicit False would turn off
-        fused = True if fused_optimizer(self.device) else None
+        fused = fused_optimizer(self.device)  # Lightning has moved the module to its device by now
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(  # Nesterov where there is momentum: torch refuses it with none
                 self.parameters(),

@@ -2,6 +2,8 @@
 
 import functools
 import http.server
+import multiprocessing
+import os
 import shutil
 import threading
 import zipfile
@@ -40,6 +42,28 @@ def test_fashion_mnist_from_the_verified_mirror_then_from_the_cache(tmp_path):
     # no mirror and no download: what the first pull unpacked into data.cache_dir is used
     cached = sources.load(DataConfig(cache_dir=tmp_path, mirrors=[], download=False), seed=0)
     assert cached.train.images.shape == (60000, 28, 28, 1) and len(cached.classes) == 10
+
+
+def test_a_pull_replaces_cached_files_whole_never_rewriting_one_a_reader_has_open(tmp_path):
+    cfg = DataConfig(cache_dir=tmp_path)
+    sources.load(cfg, seed=0)
+    cached = tmp_path / "fashion-mnist/FashionMNIST/raw/train-images-idx3-ubyte"
+    size = cached.stat().st_size
+    with cached.open("rb") as reader:  # a pull of another experiment, reading while this one unpacks again
+        sources.load(cfg, seed=0)
+        assert os.fstat(reader.fileno()).st_ino != cached.stat().st_ino
+        assert len(reader.read()) == size == cached.stat().st_size
+    assert not list(cached.parent.glob(".unpacking-*"))
+
+
+def _load_from_shared_cache(cache_dir: Path) -> int:
+    return len(sources.load(DataConfig(cache_dir=cache_dir), seed=0).train.images)
+
+
+def test_pulls_sharing_one_cache_at_once_all_succeed(tmp_path):
+    """Before, torchvision's in-place unpacking made concurrent pulls read half-written files (2 of 4 died)."""
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_load_from_shared_cache, [tmp_path] * 8) == [60000] * 8
 
 
 def test_a_mirror_with_wrong_checksums_is_skipped_with_a_note(tmp_path, capsys):

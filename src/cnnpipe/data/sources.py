@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +90,24 @@ def _copy_from_mirror(source: str, mirrors: list[Path], root: Path) -> bool:
         if not all(_verified(mirror / name, source, md5) for name, md5 in files):
             note(f"{mirror}: files named like {source}'s fail its checksums; skipped")
             continue
-        _raw_folder(source, root).mkdir(parents=True, exist_ok=True)
         for name, _ in files:
-            extract_archive(mirror / name, _raw_folder(source, root))  # .gz decompressed, .tar.gz unpacked
+            _unpack_replacing(mirror / name, _raw_folder(source, root))
         return True
     return False
+
+
+def _unpack_replacing(archive: Path, folder: Path) -> None:
+    """Unpacks `archive` (.gz decompressed, .tar.gz unpacked) into `folder`, each file renamed into place whole.
+    torchvision rewrites its files in place, so a pull sharing `data.cache_dir` with another (two experiments or
+    benchmarks at once) read half-written files and died in torchvision's parser."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".unpacking-", dir=folder) as staging:
+        extract_archive(archive, staging)
+        for path in sorted(Path(staging).rglob("*")):
+            if path.is_file():
+                target = folder / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
 
 
 def _torchvision_split(source: str, root: Path, train: bool, download: bool) -> tuple[Split, list[str]]:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from cnnpipe.config import Params, parse_params, read_params_file
+from cnnpipe.errors import CnnpipeError
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("pull", "augment", "train", "evaluate")
 
@@ -45,6 +48,18 @@ def override(params: dict, assignment: str) -> None:
     section[leaf] = yaml.safe_load(value)
 
 
+def overridden(params_file: Path, overrides: list[str], flag: str = "--set") -> tuple[dict, Params]:
+    """The params file with `dvc exp run -S`-style KEY=VALUE overrides: raw (for a params.yaml of a run) and
+    validated. CnnpipeError names the file, or the override by `flag`, and what is wrong."""
+    raw = read_params_file(params_file)
+    for assignment in overrides:
+        try:
+            override(raw, assignment)
+        except ValueError as error:
+            raise CnnpipeError(f"{flag} {assignment}: {error}") from None
+    return raw, parse_params(raw, f"{params_file} with {' '.join(overrides)}" if overrides else str(params_file))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-S", dest="overrides", action="append", default=[])
@@ -54,13 +69,11 @@ def main() -> None:
         for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
             shutil.copy(REPO / name, root / name)
         shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        for assignment in args.overrides:
-            try:
-                override(params, assignment)
-            except ValueError as error:
-                print(f"pipeline: error: -S {assignment}: {error}", file=sys.stderr)
-                sys.exit(2)
+        try:
+            params, _ = overridden(REPO / "params.yaml", args.overrides, "-S")
+        except CnnpipeError as error:  # a bad -S, an unknown key or value
+            print(f"pipeline: error: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         for command in (
             ("git", "init", "-q"),

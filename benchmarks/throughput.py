@@ -12,6 +12,7 @@ Run `make repro` (or `cnnpipe pull && cnnpipe augment`) first.
 Usage:
   .venv/bin/python benchmarks/throughput.py            # CPU
   .venv/bin/python benchmarks/throughput.py --gpu      # one GPU
+  .venv/bin/python benchmarks/throughput.py --set train.batch_size=256 --batches 200   # as dvc exp run -S
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
+from pipeline import overridden
 
-from cnnpipe.config import Params, load_params
+from cnnpipe.config import Params
 from cnnpipe.data.augmentation import ONLINE, PIPELINE_FILE, augment_images, load_pipeline
 from cnnpipe.data.datamodule import to_model_input
 from cnnpipe.data.store import load_store
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.hardware import fused_optimizer, keep_freed_memory, skip_absent_nvml
 from cnnpipe.models.network import build_model_network, forward_flops
 
@@ -164,11 +167,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100, help="training batches per epoch and process")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all variants; the table shows their means")
     parser.add_argument("--variant", action="append", help="only the variant of this name (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as dvc exp run -S")
     args = parser.parse_args()
     device, accelerator = ("cuda", "gpu") if args.gpu else ("cpu", "cpu")
-    params = load_params(REPO / "params.yaml")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    manifest, _ = load_store(PULLED)
+    try:
+        raw, params = overridden(REPO / "params.yaml", args.set)
+    except CnnpipeError as error:  # a bad --set, an unknown key or value
+        parser.exit(error.exit_code, f"throughput: error: {error}\n")
+    manifest, splits = load_store(PULLED)
+    if args.batches > (most := len(splits["train"]) // params.train.batch_size):
+        parser.error(f"--batches: at most {most}, the full batches of {params.train.batch_size} in an epoch")
     _, network = build_model_network(params.model, manifest.shape, manifest.num_classes, manifest.mean, manifest.std)
     train_flops = 3 * forward_flops(network, manifest.shape)  # forward + backward, per image
     peaks = {"32-true": peak_gflops(device, torch.float32), "bf16-mixed": peak_gflops(device, torch.bfloat16)}

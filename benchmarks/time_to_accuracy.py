@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from machine import cpu_model  # benchmarks/ is the script's own folder, first on sys.path
-from pipeline import override
+from pipeline import overridden
 
 from cnnpipe.analysis.predictions import predict
-from cnnpipe.config import Params, parse_params, read_params_file
+from cnnpipe.config import Params
 from cnnpipe.data.store import load_store
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.hardware import inference_device
@@ -43,17 +43,6 @@ def plain_and_flipped(paths: Paths, params: Params) -> tuple[float, float]:
     results = (predict(model, test.images, test.labels, batch_size, mirror) for mirror in (False, True))
     plain, flipped = (float((result.predicted == result.labels).mean()) for result in results)
     return plain, flipped
-
-
-def with_overrides(params_file: Path, overrides: list[str]) -> Params:
-    """The params file with `dvc exp run -S`-style KEY=VALUE overrides (VALUE read as YAML), validated."""
-    raw = read_params_file(params_file)
-    for assignment in overrides:
-        try:
-            override(raw, assignment)
-        except ValueError as error:
-            raise CnnpipeError(f"--set {assignment}: {error}") from None
-    return parse_params(raw, f"{params_file} with {' '.join(overrides)}" if overrides else str(params_file))
 
 
 def one_seed(
@@ -89,7 +78,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as dvc exp run -S")
     args = parser.parse_args()
     try:
-        params = with_overrides(args.params, args.set)
+        _, params = overridden(args.params, args.set)
     except CnnpipeError as error:  # no params file, a bad --set, an unknown key or value (named as train names it)
         print(f"time_to_accuracy: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

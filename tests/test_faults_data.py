@@ -298,6 +298,25 @@ def test_a_cache_dir_below_a_file_is_refused(root, source):
     )
 
 
+@pytest.mark.parametrize("download", [False, True])
+def test_a_damaged_cached_fashion_mnist_file_is_named_with_what_to_do(root, download):
+    write_pull_params(root, source="fashion-mnist", classes=["Bag", "Coat"])
+    pulled(root)
+    raw = root / "data/cache/fashion-mnist/FashionMNIST/raw"
+    (raw / "train-images-idx3-ubyte").write_bytes(b"")  # what a full disk leaves
+    refused(
+        root,
+        f"data.cache_dir: fashion-mnist's files in {raw.relative_to(root)} cannot be read",
+        "delete that folder",
+        source="fashion-mnist",
+        classes=["Bag", "Coat"],
+        mirrors=[],
+        download=download,
+    )
+    write_pull_params(root, source="fashion-mnist", classes=["Bag", "Coat"])  # the mirror unpacks them again
+    pulled(root)
+
+
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(root):
     (root / "data/.pulled-k1ll3d").mkdir()
     (root / "data/.pulled-k1ll3d/train_images.npy").write_bytes(b"half")

@@ -121,19 +121,27 @@ def _torchvision_split(source: str, root: Path, train: bool, download: bool) -> 
 def load_torchvision(cfg: DataConfig) -> Images:
     """Verified mirror files first, then what an earlier download left in the cache, then a download."""
     root = cfg.cache_dir / cfg.source
+    raw = _raw_folder(cfg.source, root)
+    # torchvision reads the MNIST family's files as soon as they exist (CIFAR-10's it checks by MD5 first)
+    cached = cfg.source != "cifar10" and all((raw / Path(name).stem).is_file() for name, _ in _raw_files(cfg.source))
     found = _copy_from_mirror(cfg.source, cfg.mirrors, root)
     download = cfg.download and not found
     try:
         train, classes = _torchvision_split(cfg.source, root, True, download)
         test, _ = _torchvision_split(cfg.source, root, False, False)
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:  # torchvision's parser: ValueError on an empty file
         mirrors = [str(mirror) for mirror in cfg.mirrors]
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if found or cached:
+            raise CnnpipeError(
+                f"data.cache_dir: {cfg.source}'s files in {raw} cannot be read ({reason[:200]}); delete that "
+                "folder and pull again (and check that data.cache_dir has space)"
+            ) from None
         if not download:
             raise CnnpipeError(
                 f"data.mirrors: none of {mirrors} holds {cfg.source}'s files with valid checksums, and "
                 "data.download is false; add a mirror directory with torchvision's files or allow data.download"
             ) from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CnnpipeError(
             f"data.download: downloading {cfg.source} failed ({reason}), and none of data.mirrors {mirrors} "
             "holds its files with valid checksums; add a mirror directory with torchvision's files"

@@ -56,6 +56,24 @@ def test_a_pull_replaces_cached_files_whole_never_rewriting_one_a_reader_has_ope
     assert not list(cached.parent.glob(".unpacking-*"))
 
 
+def test_a_tar_gz_of_a_folder_unpacks_file_by_file_into_an_existing_one(tmp_path):
+    """CIFAR-10's layout (cifar-10-batches-py/ inside cifar-10-python.tar.gz), which no mirror here has."""
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    for name in ("data_batch_1", "batches.meta"):
+        (batches / name).write_bytes(name.encode() * 100)
+    archive = make_archive(batches, tmp_path / "cifar-10-python.tar.gz")
+    cache = tmp_path / "cache"
+    sources._unpack_replacing(archive, cache)
+    first = (cache / "cifar-10-batches-py/data_batch_1").stat().st_ino
+    sources._unpack_replacing(archive, cache)  # over the files of the first: each renamed into place again
+    unpacked = cache / "cifar-10-batches-py"
+    assert sorted(path.name for path in unpacked.iterdir()) == ["batches.meta", "data_batch_1"]
+    assert (unpacked / "data_batch_1").read_bytes() == b"data_batch_1" * 100
+    assert (unpacked / "data_batch_1").stat().st_ino != first
+    assert sorted(path.name for path in cache.iterdir()) == ["cifar-10-batches-py"]  # no staging folder left
+
+
 def _load_from_shared_cache(cache_dir: Path) -> int:
     return len(sources.load(DataConfig(cache_dir=cache_dir), seed=0).train.images)
 

@@ -155,10 +155,49 @@ def test_augment_stage_outputs_and_a_bad_transform_keeps_them(tmp_path, raw_para
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     for transforms, error in (
         ([{"NoSuchTransform": {}}], "NoSuchTransform"),  # fails before anything is written
-        ([{"RandomCrop": {"height": 8, "width": 8}}], "must keep the size"),  # fails half-way
+        ([{"RandomCrop": {"height": 8, "width": 8}}], "training needs the data's size: set its height: 12"),
     ):
         raw_params["augment"]["transforms"] = transforms
         with pytest.raises(CnnpipeError, match=error):
             augment.run(parse_params(raw_params), Paths(pulled=tmp_path / "pulled", augmented=out))
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["augmented", "pulled"]
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (64, 64, 3), (96, 96, 3), (224, 224, 3), (60, 90, 1)])
+def test_the_default_pipeline_keeps_any_size_and_shifts_by_a_tenth(raw_params, shape):
+    """params.yaml's augmentation fits any picture: whole-pixel shifts of up to a tenth of each side, zeros
+    shifted in, the size and channels kept."""
+    built = augmentation.build_pipeline(parse_params(raw_params).augment)
+    augmentation.check_output(built, np.zeros(shape, np.uint8))
+    image = np.zeros(shape, np.uint8)
+    image[shape[0] // 2, shape[1] // 2] = 255  # one bright pixel: where it lands is the shift
+    out = augmentation.augment_images(built, np.repeat(image[None], 64, axis=0), (0, 0, 0, 0))
+    assert out.shape == (64, *shape)
+    shifts = np.array([np.argwhere(picture.max(axis=2) == 255)[0] for picture in out]) - (shape[0] // 2, shape[1] // 2)
+    assert len({tuple(shift) for shift in shifts}) > 5  # many different shifts
+    assert np.all(np.abs(shifts[:, 0]) <= shape[0] // 10) and np.all(np.abs(shifts[:, 1]) <= shape[1] // 10 + 1)
+    assert np.abs(shifts).max() >= min(shape[:2]) // 10 - 1  # up to a tenth, not a fixed few pixels
+
+
+@pytest.mark.parametrize(
+    "transforms, expected",
+    [
+        (  # the Fashion-MNIST pipeline of earlier versions on 32x32 pictures (issue 26)
+            [
+                {"HorizontalFlip": {"p": 0.5}},
+                {"PadIfNeeded": {"min_height": 32, "min_width": 32, "border_mode": 0}},
+                {"RandomCrop": {"height": 28, "width": 28}},
+            ],
+            r"^augment.transforms\[2\] \(RandomCrop\): the pipeline turns the data's \[32, 32, 3\] images \(H, W, C\) "
+            r"into \[28, 28, 3\], and training needs the data's size: set its height: 32, width: 32, after "
+            r"augment.transforms\[1\] \(PadIfNeeded\) with min_height: 36, min_width: 36; or shift with .*Affine",
+        ),
+        ([{"Resize": {"height": 20, "width": 20}}], r"set its height: 32, width: 32; or shift"),
+        ([{"RandomResizedCrop": {"size": [20, 20]}}], r"\(RandomResizedCrop\).* set its size: \[32, 32\]; or shift"),
+    ],
+)
+def test_a_pipeline_that_changes_the_size_gets_the_values_that_keep_it(transforms, expected):
+    built = augmentation.build_pipeline(AugmentConfig(transforms=transforms))
+    with pytest.raises(CnnpipeError, match=expected):
+        augmentation.check_output(built, np.zeros((32, 32, 3), np.uint8))

@@ -79,14 +79,20 @@ def build_pipeline(cfg: AugmentConfig) -> A.Compose:
     return A.Compose(transforms)
 
 
+KEEPS_ANY_SIZE = "Affine: {translate_percent: [-0.1, 0.1], border_mode: 0, p: 1.0}"  # params.yaml's shifts
+
+
 def check_output(pipeline: A.Compose, image: np.ndarray) -> None:
     """Applies every transform once to `image`, in order and for sure (p = 1), and refuses by name one whose
-    output is not a uint8 image. The store holds uint8 pixels and the model normalises its input itself (from
-    the pulled data's mean and std), so a float output (Normalize, ToFloat) would be wrapped into 0..255."""
+    output is not a uint8 image, and a pipeline that does not give back the image's size. The store holds uint8
+    pixels and the model normalises its input itself (from the pulled data's mean and std), so a float output
+    (Normalize, ToFloat) would be wrapped into 0..255; every image of a batch must have the data's shape."""
+    original, resized = image, None  # the last transform that changed the size: its index and itself
     for index, transform in enumerate(pipeline.transforms):
         where = f"augment.transforms[{index}] ({type(transform).__name__})"
         certain = copy.deepcopy(transform)
         certain.p = 1.0
+        before = image
         try:
             image = certain(image=image)["image"]
         except Exception as exc:  # albumentations and OpenCV raise many kinds
@@ -98,6 +104,35 @@ def check_output(pipeline: A.Compose, image: np.ndarray) -> None:
                 f"{where}: outputs {kind} images, not uint8 (0..255); leave out Normalize, ToFloat and ToTensorV2: "
                 "cnnpipe normalises inside the model"
             )
+        if image.shape[:2] != before.shape[:2]:
+            resized = index, transform
+    if resized is not None and image.shape[:2] != original.shape[:2]:
+        raise CnnpipeError(_size_kept_by(pipeline, *resized, original.shape, image.shape))
+
+
+def _size_kept_by(
+    pipeline: A.Compose, index: int, transform: A.BasicTransform, shape: tuple[int, ...], out: tuple[int, ...]
+) -> str:
+    """The error for a pipeline that changes the data's size, with the values of its own transforms that would
+    keep it: the last resizing one's height and width, and the padding before it by the margin it had."""
+    height, width = shape[:2]
+    fix = f"make it end at {height} x {width}"
+    if isinstance(getattr(transform, "size", None), tuple):  # RandomResizedCrop, RandomSizedCrop
+        fix = f"set its size: [{height}, {width}]"
+    elif isinstance(getattr(transform, "height", None), int) and isinstance(getattr(transform, "width", None), int):
+        fix = f"set its height: {height}, width: {width}"
+        pads = [pad for pad in pipeline.transforms[:index] if isinstance(pad, A.PadIfNeeded) and pad.min_height]
+        if pads and pads[-1].min_height > transform.height and (pads[-1].min_width or 0) > transform.width:
+            margin = pads[-1].min_height - transform.height, pads[-1].min_width - transform.width
+            fix += (
+                f", after augment.transforms[{pipeline.transforms.index(pads[-1])}] (PadIfNeeded) with min_height: "
+                f"{height + margin[0]}, min_width: {width + margin[1]}"
+            )
+    return (
+        f"augment.transforms[{index}] ({type(transform).__name__}): the pipeline turns the data's {list(shape)} "
+        f"images (H, W, C) into {list(out)}, and training needs the data's size: {fix}; or shift with "
+        f"params.yaml's default, {KEEPS_ANY_SIZE}, which keeps any size"
+    )
 
 
 def save_pipeline(pipeline: A.Compose, path: Path) -> None:

@@ -17,13 +17,15 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)  # the venv: dvc, mlflow, torchrun
+# small_run_params's MLflow experiment and registered model: named from its data, Fashion-MNIST's three classes
+SMALL_RUN = "fashion-mnist-Trouser-Bag-Sneaker"
 
 
 def stage_runs(root: Path, stage: str = "train") -> tuple[MlflowClient, list]:
     """The runs of one stage in `root`'s store: a training run each, an evaluation run each (a child of its
     training's), and the client that reads them."""
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    experiment = client.get_experiment_by_name("cnnpipe").experiment_id
+    experiment = client.get_experiment_by_name(SMALL_RUN).experiment_id
     return client, client.search_runs([experiment], f"tags.`cnnpipe.stage` = '{stage}'")
 
 
@@ -65,6 +67,7 @@ def dvc_repo(root: Path, raw: dict[str, Any]) -> Path:
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(REPO / "pipelines", root / "pipelines")
+    shutil.copytree(REPO / "networks", root / "networks", ignore=shutil.ignore_patterns("__pycache__"))
     raw["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"  # the default: relative to the repository
     write_params(root / "params.yaml", raw)
     sh("git", "init", "-q", cwd=root)

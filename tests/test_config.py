@@ -169,3 +169,34 @@ def test_a_params_file_that_is_not_utf8_text_is_named(tmp_path, content, expecte
     (tmp_path / "params.yaml").write_bytes(content)
     with pytest.raises(CnnpipeError, match="^" + re.escape(f"{tmp_path}/params.yaml: {expected}")):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({}, "fashion-mnist"),
+        ({"source": "cifar10"}, "cifar10"),
+        ({"classes": ["T-shirt/top", "Ankle boot"]}, "fashion-mnist-T-shirt-top-Ankle-boot"),  # another task
+        ({"source": "imagefolder", "path": "/data/My Leaves/"}, "My-Leaves"),
+        ({"source": "archive", "path": "https://example.org/sets/shapes.tar.gz?raw=1"}, "shapes"),
+        ({"source": "archive", "path": "../pets.zip"}, "pets"),
+    ],
+)
+def test_runs_and_models_are_named_after_the_data_by_default(raw_params, data, expected):
+    raw_params["data"].update(data)
+    mlflow = parse_params(raw_params).mlflow
+    assert (mlflow.experiment, mlflow.registered_model) == (expected, expected)
+
+
+def test_names_set_by_hand_win_and_a_long_name_stays_valid(raw_params):
+    raw_params["mlflow"].update(experiment="shared", registered_model=None)
+    assert (parse_params(raw_params).mlflow.experiment, parse_params(raw_params).mlflow.registered_model) == (
+        "shared",
+        "fashion-mnist",
+    )
+    raw_params["data"].update(source="imagefolder", path="x" * 150, classes=[])
+    name = parse_params(raw_params).mlflow.registered_model
+    assert len(name) == 100 and name.startswith("xxx")
+    raw_params["data"]["source"] = "nonsense"  # the data's own error, not a name's
+    with pytest.raises(CnnpipeError, match=r"^params.yaml: data.source: "):
+        parse_params(raw_params)

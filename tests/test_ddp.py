@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from cnnpipe.analysis.predictions import predict
 from cnnpipe.data.store import load_store
 from cnnpipe.models.module import load_model
-from tests.helpers import BIN, dvc_repo, run_cnnpipe, sh, small_run_params, write_params
+from tests.helpers import BIN, SMALL_RUN, dvc_repo, run_cnnpipe, sh, small_run_params, write_params
 from tests.mlflow_server import free_port
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ def one_run(root: Path):
     """The one training run, however many processes trained, and the test metrics of its one evaluation."""
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     training, evaluation = sorted(
-        client.search_runs([client.get_experiment_by_name("cnnpipe").experiment_id]),
+        client.search_runs([client.get_experiment_by_name(SMALL_RUN).experiment_id]),
         key=lambda run: run.data.tags["cnnpipe.stage"] != "train",
     )
     assert evaluation.data.tags["mlflow.parentRunId"] == training.info.run_id

@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.faults import assert_kept, mlflow_runs, refused_and_kept, report, run, snapshot
-from tests.helpers import dvc_repo, run_cnnpipe, sh, small_run_params, stage_runs, write_params
+from tests.helpers import SMALL_RUN, dvc_repo, run_cnnpipe, sh, small_run_params, stage_runs, write_params
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_a_tracking_store_that_is_not_a_database_is_refused(done):
 
 def test_a_deleted_experiment_is_refused_by_name(done):
     client = MlflowClient(f"sqlite:///{done}/mlflow.db")
-    client.delete_experiment(client.get_experiment_by_name("cnnpipe").experiment_id)
-    refused_and_kept(done, "train", names=("mlflow.experiment", "cnnpipe"))
+    client.delete_experiment(client.get_experiment_by_name(SMALL_RUN).experiment_id)
+    refused_and_kept(done, "train", names=("mlflow.experiment", SMALL_RUN))
 
 
 def _truncate(path: Path, keep: int = 1000) -> None:

@@ -21,13 +21,12 @@ from mlflow.tracking import MlflowClient
 
 from cnnpipe.tracking.registry import DESCRIPTION
 from tests.browser import capture, ensure_chromium, screenshot_dir, visible_text
-from tests.helpers import REPO, run_cnnpipe, small_run_params, write_params
+from tests.helpers import REPO, SMALL_RUN, run_cnnpipe, small_run_params, write_params
 from tests.mlflow_server import MlflowServer, free_port
 
 pytestmark = pytest.mark.e2e
 
-EXPERIMENT = "cnnpipe"
-MODEL = "cnnpipe"
+EXPERIMENT = MODEL = SMALL_RUN  # named from small_run_params's data
 REMOTE = "https://github.com/example/cnnpipe.git"
 
 

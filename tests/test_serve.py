@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import BIN
+from tests.helpers import BIN, SMALL_RUN
 from tests.mlflow_server import free_port
 from tests.test_predict import CLASSES, train_once
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, prepared_data):
-    """models:/cnnpipe@champion served by MLflow's own scoring server, in the environment of the tests."""
+    """models:/NAME@champion served by MLflow's own scoring server, in the environment of the tests."""
     root = train_once(tmp_path_factory.getbasetemp() / "trained", prepared_data)
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    command = [str(Path(BIN) / "mlflow"), "models", "serve", "-m", "models:/cnnpipe@champion"]
+    command = [str(Path(BIN) / "mlflow"), "models", "serve", "-m", f"models:/{SMALL_RUN}@champion"]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     log = (root / "serve.log").open("w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -118,9 +118,9 @@ def test_the_registered_version_documents_its_input_and_classes(served):
     root, _ = served
     store = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(store)
-    version = client.get_model_version_by_alias("cnnpipe", "champion")
+    version = client.get_model_version_by_alias(SMALL_RUN, "champion")
     assert "[N, 1, 28, 28]" in version.description
-    assert "[N, C, H, W]" in client.get_registered_model("cnnpipe").description
+    assert "[N, C, H, W]" in client.get_registered_model(SMALL_RUN).description
 
     # the MLmodel file where this store keeps it, whatever tracking URI the test process was left with
     location = client.get_logged_model(version.source.removeprefix("models:/")).artifact_location
@@ -137,7 +137,7 @@ def test_the_served_model_needs_no_cnnpipe_code(served):
     script = (
         "import sys; sys.modules['cnnpipe'] = None\n"  # any `import cnnpipe...` now fails
         "import mlflow.pyfunc, numpy as np\n"
-        "model = mlflow.pyfunc.load_model('models:/cnnpipe@champion')\n"
+        f"model = mlflow.pyfunc.load_model('models:/{SMALL_RUN}@champion')\n"
         "print(model.predict(np.zeros((2, 1, 28, 28), np.float32))['class'].tolist())\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO, dvc_repo, sh, small_run_params
+from tests.helpers import REPO, SMALL_RUN, dvc_repo, sh, small_run_params
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ def ran(output: str) -> list[str]:
 
 def runs(root, stage: str | None = None) -> list:
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    experiment = client.get_experiment_by_name("cnnpipe")
+    experiment = client.get_experiment_by_name(SMALL_RUN)
     found = client.search_runs([experiment.experiment_id]) if experiment else []
     return [run for run in found if stage is None or run.data.tags.get("cnnpipe.stage") == stage]
 

@@ -18,7 +18,7 @@ from cnnpipe.models.hardware import auto_precision
 from cnnpipe.models.module import load_model
 from cnnpipe.models.trainer import LIGHTNING_NOISE
 from cnnpipe.tracking.dataset import dvc_hash
-from tests.helpers import run_cnnpipe, small_run_params, stage_runs, write_params
+from tests.helpers import SMALL_RUN, run_cnnpipe, small_run_params, stage_runs, write_params
 
 
 def run_file_digest(root):
@@ -91,7 +91,7 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
     assert "cnnpipe.unlogged" not in run.data.tags and run.info.status == "FINISHED"
-    assert client.search_model_versions("name='cnnpipe'") == []
+    assert client.search_model_versions(f"name='{SMALL_RUN}'") == []
 
     _, (evaluation,) = stage_runs(workdir, "evaluate")
     assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id
@@ -129,12 +129,12 @@ def test_registered_model_answers_mlflow_models_predict_at_champion(workdir, raw
     run_cnnpipe("--params", "team.yaml", "train", cwd=workdir)
     run_cnnpipe("--params", "team.yaml", "evaluate", cwd=workdir)
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    version = client.get_model_version_by_alias("cnnpipe", "champion")
+    version = client.get_model_version_by_alias(SMALL_RUN, "champion")
     artifacts = {artifact.path for artifact in client.list_artifacts(version.run_id)}
     assert "team.yaml" in artifacts and "params.yaml" not in artifacts
     assert str(version.version) == "1" and float(version.tags["test.acc"]) > 0.8
     assert version.tags["data.digest"].endswith(".dir") and "Trouser, Bag, Sneaker" in version.description
-    assert "[N, C, H, W]" in client.get_registered_model("cnnpipe").description
+    assert "[N, C, H, W]" in client.get_registered_model(SMALL_RUN).description
     test_images = np.load(workdir / "data/pulled/test_images.npy")[:4]
     test_labels = np.load(workdir / "data/pulled/test_labels.npy")[:4]
     batch = test_images.transpose(0, 3, 1, 2).astype(np.float32) / 255  # [N, C, H, W] in [0, 1]
@@ -142,7 +142,7 @@ def test_registered_model_answers_mlflow_models_predict_at_champion(workdir, raw
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
     mlflow_cli = [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "--env-manager", "local"]
     subprocess.run(
-        [*mlflow_cli, "-m", "models:/cnnpipe@champion", "-i", "input.json", "-t", "json", "-o", "out.json"],
+        [*mlflow_cli, "-m", f"models:/{SMALL_RUN}@champion", "-i", "input.json", "-t", "json", "-o", "out.json"],
         cwd=workdir,
         env=env,
         check=True,

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -33,6 +37,16 @@ SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
 # dvc.yaml's pull stage depends on ${data.path}, and DVC needs a path that exists: torchvision's data sets, pinned by
 # their checksums, name this stand-in (params.yaml's default), which never changes.
 TORCHVISION_STAND_IN = "src/cnnpipe/data/torchvision.md"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+MAX_NAME = 100  # characters of a name made from the data; a longer one ends in a hash of the whole
+
+
+def name_of(text: str) -> str:
+    """`text` as an MLflow registered-model name (letters, digits, _ . -): other runs of characters become '-'."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", text).strip("-_.") or "images"
+    if len(name) > MAX_NAME:
+        name = f"{name[: MAX_NAME - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 class _Section(BaseModel):
@@ -79,6 +93,20 @@ class DataConfig(_Section):
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("data.classes lists a class twice")
         return self
+
+    @property
+    def name(self) -> str:
+        """The data set's name: torchvision's, or the folder's or archive's own, with the classes of a subset
+        (another task). The MLflow experiment and registered model are named after it unless set by hand."""
+        if self.source not in ("imagefolder", "archive"):
+            return name_of("-".join([self.source, *self.classes]))
+        location = urlsplit(self.path).path if "://" in self.path else self.path
+        base = Path(location).resolve().name if self.source == "imagefolder" else Path(location).name
+        for suffix in ARCHIVE_SUFFIXES if self.source == "archive" else ():
+            if base.lower().endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        return name_of("-".join([base, *self.classes]))
 
 
 class AugmentConfig(_Section):
@@ -233,13 +261,17 @@ class ExportConfig(_Section):
 
 
 class MlflowConfig(_Section):
+    """Where runs go. `experiment` and `registered_model` default to the data set's name (Params fills them in),
+    so runs, comparisons and the champion of different data sets never mix."""
+
     tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = Field("cnnpipe", min_length=1)
+    experiment: str | None = Field(None, min_length=1, description="default: the data set's name (data.name)")
     run_name: str | None = None
-    registered_model: str = Field(
-        "cnnpipe",
+    registered_model: str | None = Field(
+        None,
         pattern=r"^[A-Za-z0-9][\w.\-]*$",
-        description="Model Registry name the trained model is registered under (letters, digits, _ . -)",
+        description="Model Registry name the trained model is registered under (letters, digits, _ . -); "
+        "default: the data set's name",
     )
     register_model: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: complete trainings only (limit_*_batches 1.0), not smoke tests"
@@ -315,6 +347,20 @@ def _explain(error: dict[str, Any]) -> str:
     if "input" in error and not isinstance(error["input"], dict | list):
         message += f" (got {error['input']!r})"
     return message
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_the_data(cls, raw: Any) -> Any:
+        """mlflow.experiment and mlflow.registered_model left null take the data set's name."""
+        mlflow = raw.get("mlflow", {}) if isinstance(raw, dict) else None
+        keys = ("experiment", "registered_model")
+        if not isinstance(mlflow, dict) or all(mlflow.get(key) is not None for key in keys):
+            return raw
+        try:
+            name = DataConfig.model_validate(raw.get("data") or {}).name
+        except ValidationError:
+            return raw  # the data section's own error is the one to report
+        return {**raw, "mlflow": {**mlflow, **{key: name for key in keys if mlflow.get(key) is None}}}
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -218,6 +218,13 @@ class TrainConfig(_Section):
     limit_val_batches: PositiveInt | Fraction = 1.0
     threads: PositiveInt | None = Field(None, description="torch CPU threads; default: torch's choice")
 
+    @property
+    def complete(self) -> bool:
+        """Every batch of every epoch: a training on part of the batches is a smoke test (an int 1 is one batch)."""
+        return all(
+            isinstance(limit, float) and limit == 1.0 for limit in (self.limit_train_batches, self.limit_val_batches)
+        )
+
     @model_validator(mode="after")
     def _sync_batchnorm_on_gpus(self) -> TrainConfig:
         if self.sync_batchnorm and self.accelerator not in ("gpu", "cuda"):

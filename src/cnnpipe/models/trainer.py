@@ -23,6 +23,7 @@ from cnnpipe.models import resume
 from cnnpipe.models.callbacks import ProgressBar
 from cnnpipe.models.hardware import auto_precision
 from cnnpipe.models.requeue import RequeueOnSignal
+from cnnpipe.models.schedule import ScheduleCheck
 
 # The Trainer arguments Lightning may reject, by the params key that sets them (named in the error).
 TRAINER_KEYS = (
@@ -93,6 +94,7 @@ def build_trainer(
             enable_version_counter=False,  # a resumed run overwrites best.ckpt instead of adding best-v1.ckpt
         ),
         ProgressBar(),
+        ScheduleCheck(cfg),
         *callbacks,
     ]
     # Under SLURM our callback, not Lightning's signal handler, saves and requeues on --signal (see requeue.py).

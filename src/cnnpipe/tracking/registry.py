@@ -28,8 +28,7 @@ def should_register(cfg: MlflowConfig, train: TrainConfig) -> bool:
     """`auto` registers complete trainings only: a run on part of the batches (a smoke test) is no candidate."""
     if cfg.register_model != "auto":
         return cfg.register_model == "always"
-    complete = (train.limit_train_batches, train.limit_val_batches)
-    return all(isinstance(limit, float) and limit == 1.0 for limit in complete)  # int 1 is one batch
+    return train.complete
 
 
 def describe_version(

@@ -48,7 +48,7 @@ ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks networks
 
 # A two-node Slurm cluster on this machine, to try pipelines/slurm/train.sbatch (root: installs slurm-wlm and
 # munge; README, "Training on a cluster"). Not needed for repro or test: the cluster tests start their own.

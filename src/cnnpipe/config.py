@@ -137,12 +137,48 @@ def widened(out: int, width: float) -> int:
     return max(1, round(out * width))
 
 
+@dataclass(frozen=True)
+class NetworkClass:
+    """`model.class` taken apart: a file of the repository (`PATH.py:NAME`) or an importable module
+    (`package.module:NAME`), and the class's name."""
+
+    file: Path | None
+    module: str | None
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> NetworkClass:
+        where, _, name = text.rpartition(":")
+        if not name.isidentifier() or not where:
+            raise ValueError(
+                f"model.class: {text!r} is not PATH.py:NAME (a file of the repository) or package.module:NAME"
+            )
+        if where.endswith(".py"):
+            return cls(Path(where), None, name)
+        if not all(part.isidentifier() for part in where.split(".")):
+            raise ValueError(f"model.class: {where!r} is neither a .py file nor a dotted module name such as pkg.nets")
+        return cls(None, where, name)
+
+    def __str__(self) -> str:
+        return f"{self.file or self.module}:{self.name}"
+
+
 class ModelConfig(_Section):
-    """The CNN body as a list of layers (the head is appended from the number of classes), or a preset."""
+    """The CNN body as a list of layers (the head is appended from the number of classes), a preset, or the
+    user's own nn.Module (`model.class`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     preset: str | None = Field(
         None, description=f"{', '.join(PRESETS)} or {TORCHVISION_PREFIX}NAME; replaces `layers` when set"
     )
+    class_: str | None = Field(
+        None,
+        alias="class",
+        description="your own nn.Module as the body: PATH.py:NAME (a file of the repository) or "
+        "package.module:NAME, built as NAME(in_channels=C, **model.args); replaces `layers` when set",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of model.class")
     layers: list[LayerSpec] = Field(default_factory=list)
     width: PositiveFloat = Field(
         1.0,
@@ -160,14 +196,33 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"model.preset: unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}, {TORCHVISION_PREFIX}NAME"
             )
-        if self.preset is None and not self.layers:
-            raise ValueError("model.layers: needs at least one layer, or set model.preset")
+        if self.class_ is not None:
+            self._check_own_network()
+        elif self.args:
+            raise ValueError("model.args: applies to model.class (your own network) only; remove it or set model.class")
+        if self.preset is None and self.class_ is None and not self.layers:
+            raise ValueError("model.layers: needs at least one layer, or set model.preset or model.class")
         if self.width != 1 and self.preset is not None and self.preset.startswith(TORCHVISION_PREFIX):
             raise ValueError(
                 f"model.width: applies to layer lists (model.layers, {', '.join(LAYER_PRESETS)}) and to "
                 f"{', '.join(MODULE_PRESETS)}, not to {self.preset}; set it to 1"
             )
         return self
+
+    def _check_own_network(self) -> None:
+        if self.preset is not None:
+            raise ValueError(f"model.class: set model.class or model.preset ({self.preset}), not both")
+        self.network_class  # noqa: B018 - parses, and names what is wrong with the text
+        if self.width != 1:
+            raise ValueError(
+                f"model.width: applies to layer lists and presets, not to model.class {self.class_}; use 1"
+            )
+        if "in_channels" in self.args:
+            raise ValueError("model.args: in_channels is cnnpipe's to give (the data's channels); remove it")
+
+    @property
+    def network_class(self) -> NetworkClass | None:
+        return None if self.class_ is None else NetworkClass.parse(self.class_)
 
     def scaled_layers(self, layers: list[LayerSpec]) -> list[LayerSpec]:
         """`layers` with each conv's and dense layer's `out` multiplied by `width` (at least 1)."""
@@ -298,6 +353,20 @@ class Params(_Section):
     export: ExportConfig = ExportConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_the_data(cls, raw: Any) -> Any:
+        """mlflow.experiment and mlflow.registered_model left null take the data set's name."""
+        mlflow = raw.get("mlflow", {}) if isinstance(raw, dict) else None
+        keys = ("experiment", "registered_model")
+        if not isinstance(mlflow, dict) or all(mlflow.get(key) is not None for key in keys):
+            return raw
+        try:
+            name = DataConfig.model_validate(raw.get("data") or {}).name
+        except ValidationError:
+            return raw  # the data section's own error is the one to report
+        return {**raw, "mlflow": {**mlflow, **{key: name for key in keys if mlflow.get(key) is None}}}
+
 
 def _key(loc: tuple[Any, ...]) -> str:
     """('model', 'layers', 2, 'conv', 'kernel') -> 'model.layers[2].kernel' (the union tag is dropped)."""
@@ -354,20 +423,6 @@ def _explain(error: dict[str, Any]) -> str:
     if "input" in error and not isinstance(error["input"], dict | list):
         message += f" (got {error['input']!r})"
     return message
-
-    @model_validator(mode="before")
-    @classmethod
-    def _names_from_the_data(cls, raw: Any) -> Any:
-        """mlflow.experiment and mlflow.registered_model left null take the data set's name."""
-        mlflow = raw.get("mlflow", {}) if isinstance(raw, dict) else None
-        keys = ("experiment", "registered_model")
-        if not isinstance(mlflow, dict) or all(mlflow.get(key) is not None for key in keys):
-            return raw
-        try:
-            name = DataConfig.model_validate(raw.get("data") or {}).name
-        except ValidationError:
-            return raw  # the data section's own error is the one to report
-        return {**raw, "mlflow": {**mlflow, **{key: name for key in keys if mlflow.get(key) is None}}}
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -14,6 +14,7 @@ from cnnpipe.config import ModelConfig, TrainConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.models.hardware import fused_optimizer, uses_channels_last
 from cnnpipe.models.network import build_model_network
+from cnnpipe.models.own_network import source_digest
 from cnnpipe.models.spec import PlannedLayer
 
 
@@ -54,11 +55,18 @@ class CnnClassifier(pl.LightningModule):
         mean: list[float],
         std: list[float],
         trained_mirrored: bool = False,
+        network_digest: str | None = None,
     ):
-        """`trained_mirrored`: training augmentation flipped images left-right (see ImageDataModule)."""
+        """`trained_mirrored`: training augmentation flipped images left-right (see ImageDataModule).
+        `network_digest`: the SHA-256 of model.class's file as trained; the weights fit no other code."""
         super().__init__()
         self.save_hyperparameters(logger=False)  # the tracking module logs params.yaml itself, flattened
         self.model_config = ModelConfig.model_validate(model)
+        if network_digest != source_digest(self.model_config):
+            raise CnnpipeError(
+                f"model.class: {self.model_config.network_class.file} is not the code this model was trained with "
+                "(edited, or missing); restore it, or retrain with `dvc repro train`"
+            )
         self.train_config = TrainConfig.model_validate(train)
         self.classes = list(classes)
         self.plan: list[PlannedLayer] | None
@@ -177,6 +185,8 @@ def load_model(checkpoint: Path) -> CnnClassifier:
         raise CnnpipeError(f"{checkpoint}: no trained model; run `dvc repro train` first")
     try:
         module = CnnClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    except CnnpipeError as exc:  # its own network's file (model.class), named
+        raise CnnpipeError(f"{checkpoint}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or hand-edited: pickle, zip, key, type errors
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise CnnpipeError(f"{checkpoint}: not a readable cnnpipe model ({reason}); rerun `dvc repro train`") from None

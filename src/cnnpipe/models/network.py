@@ -26,6 +26,7 @@ from cnnpipe.layers import (
     Shape,
 )
 from cnnpipe.models import presets
+from cnnpipe.models.own_network import own_network
 from cnnpipe.models.spec import PlannedLayer, conv_padding, head_outputs, plan_layers
 
 _ACTIVATIONS = {
@@ -87,7 +88,12 @@ def build_network(plan: list[PlannedLayer], mean: Sequence[float], std: Sequence
 def build_model_network(
     config: ModelConfig, input_shape: Shape, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[list[PlannedLayer] | None, nn.Sequential]:
-    """The network of `model.layers` or `model.preset`, with its shape plan where it is a layer list."""
+    """The network of `model.layers`, `model.preset` or `model.class`, with its shape plan where it has one (a
+    layer list, or the top-level modules of the user's own class)."""
+    if config.class_ is not None:
+        plan, modules = own_network(config, input_shape, head_outputs(num_classes))
+        network = nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), *modules.items()]))
+        return plan, _fix_first_conv(network, config.fixed_first_layer)
     if config.preset is None or config.preset in LAYER_PRESETS:
         layers = config.layers
         if config.preset is not None:
@@ -118,7 +124,9 @@ def _fix_first_conv(network: nn.Sequential, names: list[str]) -> nn.Sequential:
             raise CnnpipeError(
                 f"model.fixed_first_layer[{index}]: unknown kernel {name!r}; valid: {', '.join(KERNELS)}"
             )
-    conv = next(module for module in network.modules() if isinstance(module, nn.Conv2d))
+    conv = next((module for module in network.modules() if isinstance(module, nn.Conv2d)), None)
+    if conv is None:
+        raise CnnpipeError("model.fixed_first_layer: the network has no conv layer to start from the kernels")
     if conv.out_channels != len(names) or conv.kernel_size != (3, 3):
         raise CnnpipeError(
             f"model.fixed_first_layer: {len(names)} kernel(s) of 3x3 need a first conv layer with out: {len(names)} "

@@ -29,6 +29,7 @@ from cnnpipe.models.callbacks import EpochHistory
 from cnnpipe.models.hardware import auto_workers, keep_freed_memory, skip_absent_nvml
 from cnnpipe.models.module import CnnClassifier, load_model
 from cnnpipe.models.network import forward_flops, shape_table, widths
+from cnnpipe.models.own_network import check_watched, source_digest
 from cnnpipe.models.trainer import build_trainer, describe, quiet_lightning
 from cnnpipe.outputs import replaced_atomically, write_atomically
 from cnnpipe.paths import Paths
@@ -54,11 +55,14 @@ def build_module(params: Params, datamodule: ImageDataModule) -> CnnClassifier:
         mean=manifest.mean,
         std=manifest.std,
         trained_mirrored=datamodule.trains_mirrored,
+        network_digest=source_digest(params.model),
     )
 
 
 def preflight(params: Params) -> None:
-    """What train checks before it touches anything, for `cnnpipe check`: Lightning's settings and the store."""
+    """What train checks before it touches anything, for `cnnpipe check`: Lightning's settings, that DVC watches
+    the network's own file, and the store."""
+    check_watched(params.model)
     build_trainer(params.train, Paths().checkpoints, Paths().checkpoints, [])
     check_store(params.mlflow)
 
@@ -99,6 +103,7 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
     a run that fails after it opened is ended FAILED (KILLED on Ctrl-C), never left RUNNING.
     """
     tracking = rank_zero_only.rank == 0  # the other ranks never talk to MLflow
+    check_watched(params.model)
     if tracking:  # a server that does not answer stops us before any data is loaded
         check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))
     load_store(paths.pulled, verify=True)  # a truncated or altered store file stops here, by name
@@ -130,6 +135,7 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
         params.augment.online,
         datamodule.manifest.checksums,
         [path.read_text() if path.exists() else None for path in augmented],
+        *filter(None, [module.hparams.network_digest]),  # model.class's code: weights fit only the code they had
     )
     pl.seed_everything(params.seed, workers=True, verbose=False)
     resumed = resume.resumable(paths.checkpoints, key, module)  # read-only: rank 0 writes once all ranks met

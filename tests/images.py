@@ -101,3 +101,33 @@ def patch_zip_member(archive: Path, flag_bits: int = 0, method: int | None = Non
         data[local + 8 : local + 10] = data[central + 10 : central + 12] = struct.pack("<H", method)
     archive.write_bytes(bytes(data))
     return archive
+
+
+SHAPES = ("circle", "square", "triangle")
+
+
+def make_shapes_folder(root: Path, size: int, per_class: int = 60, fmt: str = "png", seed: int = 0) -> Path:
+    """`root`/SHAPE/INDEX.EXT: an RGB picture of `size` x `size` per file, one bright filled circle, square or
+    triangle of random size, place and colour on a dark noisy background. The class is the outline alone (every
+    class has the same colours and brightness), so a network must learn shapes; `fmt` "jpeg" writes JPEGs."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for shape in SHAPES:
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            background = rng.integers(0, 90, 3) + rng.integers(-15, 16, (size, size, 3))
+            image = Image.fromarray(background.clip(0, 255).astype(np.uint8))
+            colour = tuple(int(value) for value in rng.integers(150, 256, 3))
+            radius = rng.uniform(0.2, 0.35) * size
+            x, y = rng.uniform(radius, size - radius, 2)
+            draw = ImageDraw.Draw(image)
+            if shape == "circle":
+                draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
+            elif shape == "square":
+                draw.rectangle((x - radius, y - radius, x + radius, y + radius), fill=colour)
+            else:
+                draw.polygon([(x, y - radius), (x - radius, y + radius), (x + radius, y + radius)], fill=colour)
+            suffix = "jpg" if fmt == "jpeg" else fmt
+            image.save(root / shape / f"{index}.{suffix}", fmt.upper())
+    return root

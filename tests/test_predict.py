@@ -19,14 +19,14 @@ import yaml
 from PIL import Image
 
 from tests.faults import invoke, refused_and_kept
-from tests.helpers import REPO, run_cnnpipe, small_run_params, write_params
+from tests.helpers import REPO, SMALL_RUN, run_cnnpipe, small_run_params, write_params
 from tests.images import make_image_folder
 
 CLASSES = ["Trouser", "Bag", "Sneaker"]  # small_run_params'
 
 
 def train_once(root: Path, prepared_data: Path) -> Path:
-    """A folder with a real small training (registered, evaluated: models:/cnnpipe@champion), made once per
+    """A folder with a real small training (registered, evaluated: models:/NAME@champion), made once per
     process: the first test module that asks trains, the others find it."""
     if (root / "data/train/model.ckpt").exists():
         return root
@@ -169,12 +169,17 @@ def test_an_mlflow_model_uri_is_fed_the_same_pixels(trained, store_pngs, tmp_pat
 
     folder, images, _ = store_pngs
     uri = f"sqlite:///{trained}/mlflow.db"
-    run_id = MlflowClient(uri).get_model_version_by_alias("cnnpipe", "champion").run_id
+    run_id = MlflowClient(uri).get_model_version_by_alias(SMALL_RUN, "champion").run_id
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(images.transpose(0, 3, 1, 2) / np.float32(255))
-    for model in ("models:/cnnpipe@champion", f"runs:/{run_id}/model"):
+    said = {
+        f"models:/{SMALL_RUN}@champion": f"(MLflow run {run_id}, registered {SMALL_RUN} version 1)",
+        f"runs:/{run_id}/model": f"(MLflow run {run_id})",
+    }
+    for model in said:
         out = tmp_path / "p.csv"
-        run_cnnpipe("predict", str(folder), "--model", model, "--output", str(out), "--top-k", "1", cwd=trained)
+        shown = run_cnnpipe("predict", str(folder), "--model", model, "--output", str(out), "--top-k", "1", cwd=trained)
+        assert f"Model: {model} {said[model]}\n" in shown.stdout
         rows = _rows(out)
         order = [int(Path(row["path"]).stem) for row in rows]
         assert [row["class"] for row in rows] == list(served["class"].iloc[order]), model
@@ -182,9 +187,29 @@ def test_an_mlflow_model_uri_is_fed_the_same_pixels(trained, store_pngs, tmp_pat
         assert np.abs(got - served["probability"].to_numpy()[order]).max() <= 1e-6, model
 
 
+def test_predict_says_which_checkpoint_and_run_it_uses(trained, store_pngs):
+    """The default model is the workspace's (DVC's meaning): said in one line with its run and version."""
+    folder, _, _ = store_pngs
+    record = json.loads((trained / "data/train/run.json").read_text())
+    result = run_cnnpipe("predict", str(folder), cwd=trained)  # the CSV on stdout, the line on stderr
+    assert result.stderr.splitlines()[0] == (
+        f"Model: data/train/model.ckpt (MLflow run {record['run_id']} in experiment {SMALL_RUN}, registered "
+        f"{SMALL_RUN} version {record['model_version']}, the workspace's last `dvc repro` or `dvc exp run`)"
+    )
+    copy = trained / "elsewhere.ckpt"  # a checkpoint with no run.json beside it
+    shutil.copyfile(trained / "data/train/model.ckpt", copy)
+    try:
+        result = run_cnnpipe("predict", str(folder), "--model", str(copy), cwd=trained)
+    finally:
+        copy.unlink()
+    assert result.stderr.splitlines()[0] == f"Model: {copy} (no MLflow run recorded beside it)"
+
+
 def test_an_mlflow_uri_that_names_nothing_is_one_line(trained, store_pngs):
     folder, _, _ = store_pngs
-    refused_and_kept(trained, "predict", str(folder), "--model", "models:/cnnpipe@nobody", names=("--model", "@nobody"))
+    refused_and_kept(
+        trained, "predict", str(folder), "--model", f"models:/{SMALL_RUN}@nobody", names=("--model", "@nobody")
+    )
 
 
 # ---- refusals: one line, exit 2, nothing written ----------------------------------------------------------

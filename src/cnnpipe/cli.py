@@ -6,6 +6,7 @@ Bad input ends with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib
 import sys
@@ -29,6 +30,7 @@ STAGES = {  # name -> help; the stage modules are imported only when run, as the
 # 3x224x224 (measured at the cap: params.yaml's model 6 GB and 12 s, resnet50 4 GB), while 3,100000,100000
 # would need 120 GB for the input alone. A receptive field does not depend on the input size anyway.
 MAX_INPUT_ELEMENTS = 1 << 22
+DEFAULT_MODEL = "data/train/model.ckpt"  # predict's: the workspace's training, as DVC means it
 MAX_CLASSES = 100_000  # over four times ImageNet-21k's 21,841; the head's weights grow with it
 
 
@@ -212,6 +214,7 @@ def _predict(args: argparse.Namespace) -> int:
         found = inputs.collect(args.inputs, Path(scratch), limits)  # a bad INPUT stops before the model loads
         model = _prediction_model(args, params)
         shown = console if args.output else Console(stderr=True)  # stdout carries the CSV or JSON
+        shown.print(f"Model: {model.source} ({model.origin})", soft_wrap=True)
         outcome = predict.predict(model, found, args.batch_size, args.top_k, limits.max_image_pixels, shown)
     text = predict.render(outcome, model, fmt, args.top_k)
     if args.output:
@@ -240,10 +243,13 @@ def _prediction_model(args: argparse.Namespace, params):
     """--model: a checkpoint file, or an MLflow model URI (models:/NAME@ALIAS, runs:/ID/model) in the tracking
     store of --tracking-uri, else of the params file."""
     if ":/" not in args.model:
-        with _long_lived_imports():  # Lightning
+        with _long_lived_imports():  # Lightning, MLflow
             from cnnpipe.inference.model import from_checkpoint
+            from cnnpipe.tracking.run_record import origin_of
 
-        return from_checkpoint(Path(args.model))
+        model = from_checkpoint(Path(args.model))
+        workspace = ", the workspace's last `dvc repro` or `dvc exp run`" if args.model == DEFAULT_MODEL else ""
+        return dataclasses.replace(model, origin=f"{origin_of(Path(args.model))}{workspace}")
     from cnnpipe.config import MlflowConfig
 
     with _long_lived_imports():  # MLflow
@@ -335,9 +341,9 @@ def parser() -> argparse.ArgumentParser:
     predicting.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (at any depth), archives")
     predicting.add_argument(
         "--model",
-        default="data/train/model.ckpt",
-        help="a checkpoint (default: data/train/model.ckpt) or an MLflow model URI: models:/cnnpipe@champion, "
-        "runs:/RUN_ID/model",
+        default=DEFAULT_MODEL,
+        help=f"a checkpoint (default: {DEFAULT_MODEL}) or an MLflow model URI: models:/NAME@champion (NAME: the "
+        "data set's, e.g. fashion-mnist), runs:/RUN_ID/model",
     )
     predicting.add_argument("--output", type=Path, help="predictions.csv or predictions.json (default: CSV on stdout)")
     predicting.add_argument("--top-k", type=_positive("--top-k"), default=3, help="classes per image (default 3)")

@@ -25,6 +25,7 @@ class Classifier:
     shape: tuple[int, int, int]  # [C, H, W]
     probabilities: Probabilities
     predictor: Predictor | None = None  # the PyTorch module, where there is one (a checkpoint)
+    origin: str = ""  # for a person: the MLflow run and registered version behind it, where known
 
 
 def torch_probabilities(module: torch.nn.Module) -> Probabilities:

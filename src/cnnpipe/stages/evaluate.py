@@ -25,8 +25,9 @@ from cnnpipe.outputs import replaced_files, write_atomically
 from cnnpipe.paths import Paths
 from cnnpipe.tracking import registry
 from cnnpipe.tracking.dataset import dataset_inputs, dvc_hash
+from cnnpipe.tracking.evaluation_store import EvaluationStore, evaluation_store
 from cnnpipe.tracking.mlflow_run import TrackedRun, metric_key
-from cnnpipe.tracking.run_record import EvaluationStore, RunRecord, evaluation_store
+from cnnpipe.tracking.run_record import RunRecord
 
 LOCK_FILE = Path("dvc.lock")
 TTA = {True: "hflip", False: "none"}  # what evaluate.tta resolved to, as the run's tag says it

@@ -25,9 +25,10 @@ from cnnpipe.inference import export
 from cnnpipe.inference.model import Classifier, from_checkpoint
 from cnnpipe.outputs import replaced_atomically
 from cnnpipe.paths import Paths
+from cnnpipe.tracking.evaluation_store import evaluation_store
 from cnnpipe.tracking.mlflow_model import log_exports
 from cnnpipe.tracking.mlflow_run import TrackedRun
-from cnnpipe.tracking.run_record import RunRecord, evaluation_store
+from cnnpipe.tracking.run_record import RunRecord
 
 RECORD = "export.json"
 

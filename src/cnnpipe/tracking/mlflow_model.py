@@ -22,6 +22,7 @@ import numpy as np
 import pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.tracking import MlflowClient
 
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.inference import export, served
@@ -144,4 +145,26 @@ def load_classifier(uri: str, tracking_uri: str) -> Classifier:
         probabilities = model.probabilities
     else:
         probabilities = lambda images: np.asarray(loaded.predict(images), dtype=np.float32)  # noqa: E731
-    return Classifier(uri, list(classes), tuple(int(size) for size in shape), probabilities)
+    return Classifier(
+        uri,
+        list(classes),
+        tuple(int(size) for size in shape),
+        probabilities,
+        origin=_origin(uri, loaded.metadata.run_id),
+    )
+
+
+def _origin(uri: str, run_id: str | None) -> str:
+    """The MLflow run behind a model URI, and the registered version a models:/ URI resolves to."""
+    origin = f"MLflow run {run_id}" if run_id else "no MLflow run recorded"
+    if not uri.startswith("models:/"):
+        return origin
+    name, _, which = uri.removeprefix("models:/").partition("@")
+    client = MlflowClient()
+    try:
+        version = (
+            client.get_model_version_by_alias(name, which) if which else client.get_model_version(*name.split("/"))
+        )
+    except (MlflowException, TypeError):  # resolved by load_model a moment ago; a race is no reason to stop
+        return origin
+    return f"{origin}, registered {version.name} version {version.version}"

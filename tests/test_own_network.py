@@ -171,3 +171,23 @@ def test_an_own_network_trains_through_dvc_repro_describes_exports_and_predicts(
     refused = run_cnnpipe("predict", str(pictures), cwd=repo, check=False)
     assert refused.returncode == 2 and "is not the code this model was trained with" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_forward_that_branches_on_values_is_said_when_traced(tmp_path, capsys):
+    """TorchScript's trace keeps one branch of a forward that asks its tensors' values: a warning, not silence."""
+    from cnnpipe.inference.export import to_torchscript
+    from cnnpipe.models.module import Predictor
+
+    (tmp_path / "net.py").write_text(_net("y = self.conv(x)\n        return y if y.mean() > 0 else -y"))
+    _, branching = build_model_network(
+        ModelConfig.model_validate({"class": f"{tmp_path}/net.py:Net"}), (1, 12, 12), 3, [0.5], [0.25]
+    )
+    _, plain = build_model_network(ModelConfig(preset="lecture"), (1, 12, 12), 3, [0.5], [0.25])
+    to_torchscript(Predictor(plain, False), (1, 12, 12), tmp_path / "plain.pt", {})
+    assert capsys.readouterr().err == ""
+    to_torchscript(Predictor(branching, False), (1, 12, 12), tmp_path / "branching.pt", {})
+    assert re.fullmatch(
+        r"warning: TorchScript: the network's forward depends on its tensors' values \(net.py, line 11: Converting "
+        r"a tensor to a Python boolean might cause the trace to be incorrect\); .* against PyTorch\)\n",
+        capsys.readouterr().err,
+    )

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnpipe.console import warn
 from cnnpipe.data.datamodule import to_model_input
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.inference.model import Probabilities, torch_probabilities
@@ -95,10 +96,20 @@ def to_onnx(predictor: Predictor, shape: tuple[int, int, int], path: Path, opset
 
 
 def to_torchscript(predictor: Predictor, shape: tuple[int, int, int], path: Path, meta: dict[str, str]) -> None:
-    """Traced (the network is a plain feed-forward graph), saved with the metadata as an extra file."""
-    with _quiet():
+    """Traced (a CNN is a feed-forward graph), saved with the metadata as an extra file. A forward that branches on
+    its tensors' values (a network of your own, model.class) traces one branch only: said, not hidden."""
+    with _quiet(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
         script = torch.jit.trace(predictor.eval(), torch.rand(2, *shape))
         torch.jit.save(script, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
+    traced = [warning for warning in caught if issubclass(warning.category, torch.jit.TracerWarning)]
+    if traced:
+        where = f"{Path(traced[0].filename).name}, line {traced[0].lineno}"
+        warn(
+            f"TorchScript: the network's forward depends on its tensors' values ({where}: "
+            f"{str(traced[0].message).split('.')[0]}); the traced model answers as the images it was traced "
+            "with did, so other images may get other answers (export checks its files against PyTorch)"
+        )
 
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:

@@ -68,7 +68,7 @@ def _import_module(name: str) -> object:
         ) from None
 
 
-def network_factory(ref: NetworkClass) -> object:
+def _factory(ref: NetworkClass) -> object:
     """The class (or function) `model.class` names."""
     module = _import_file(ref.file) if ref.file is not None else _import_module(ref.module)
     factory = getattr(module, ref.name, None)
@@ -112,7 +112,7 @@ def check_watched(config: ModelConfig, dvc_file: Path = Path("dvc.yaml")) -> Non
 
 
 def _body(ref: NetworkClass, args: dict, in_channels: int) -> nn.Module:
-    factory = network_factory(ref)
+    factory = _factory(ref)
     call = ", ".join([f"in_channels={in_channels}", *(f"{key}={value!r}" for key, value in args.items())])
     try:
         body = factory(in_channels=in_channels, **args)

@@ -44,7 +44,7 @@ def pipeline(root: Path, pictures: Path, assignments: list[str], **train_setting
 def test_the_readme_own_data_command_learns_a_small_folder_as_written(tmp_path, capsys):
     assignments = readme_command()
     assert any(item.startswith("train.epochs=") for item in assignments)  # a schedule for a small folder
-    pictures = make_shapes_folder(tmp_path / "shapes", 32)  # 3 classes of 60: 129 training pictures
+    pictures = make_shapes_folder(tmp_path / "shapes", 48)  # 3 classes of 60: 129 training pictures
     metrics = pipeline(tmp_path / "run", pictures, assignments)
     assert metrics["test/acc"] > 0.6  # chance is 1/3
     assert "optimizer steps in all" not in capsys.readouterr().err

@@ -102,7 +102,13 @@ def to_torchscript(predictor: Predictor, shape: tuple[int, int, int], path: Path
         warnings.simplefilter("always", torch.jit.TracerWarning)
         script = torch.jit.trace(predictor.eval(), torch.rand(2, *shape))
         torch.jit.save(script, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
-    traced = [warning for warning in caught if issubclass(warning.category, torch.jit.TracerWarning)]
+    torch_code = Path(torch.__file__).parent  # its own shape checks (group_norm's) warn too, and trace right
+    traced = [
+        warning
+        for warning in caught
+        if issubclass(warning.category, torch.jit.TracerWarning)
+        and not Path(warning.filename).is_relative_to(torch_code)
+    ]
     if traced:
         where = f"{Path(traced[0].filename).name}, line {traced[0].lineno}"
         warn(

@@ -1,11 +1,14 @@
 """The albumentations pipeline: built by name, seeded per batch without correlated transforms, copies."""
 
+from collections import Counter
+
 import albumentations as A
 import numpy as np
 import pytest
 
 from cnnpipe.config import AugmentConfig, parse_params
 from cnnpipe.data import augmentation
+from cnnpipe.data.shift import RandomShift, shifted
 from cnnpipe.data.store import Split, save_store
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.paths import Paths
@@ -164,6 +167,29 @@ def test_augment_stage_outputs_and_a_bad_transform_keeps_them(tmp_path, raw_para
         assert sorted(p.name for p in tmp_path.iterdir()) == ["augmented", "pulled"]
 
 
+def test_random_shift_is_a_padded_random_crop_at_any_size():
+    """At 28 x 28 and 0.1: the five shifts -2..2 of a 2 px zero padding cropped back, equally often; a tenth of any
+    other side; saved and loaded as albumentations saves its own transforms."""
+    image = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
+    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
+    for dy, dx in ((2, -1), (0, 0), (-2, 2)):
+        assert np.array_equal(shifted(image, dy, dx), padded[2 - dy : 30 - dy, 2 - dx : 30 - dx])
+    draws = Counter()
+    for seed in range(1000):
+        transform = RandomShift(max_fraction=0.1)
+        transform.set_random_seed(seed)
+        draws[transform.get_params_dependent_on_data({"shape": (28, 28, 1)}, {})["dy"]] += 1
+    assert sorted(draws) == [-2, -1, 0, 1, 2] and min(draws.values()) > 150
+    assert RandomShift(0.1).get_params_dependent_on_data({"shape": (224, 60, 3)}, {}).keys() == {"dy", "dx"}
+    built = pipeline({"RandomShift": {"max_fraction": 0.2, "fill": 7}})
+    loaded = augmentation._from_dict(A.to_dict(built))
+    assert np.array_equal(
+        augmentation.augment_images(loaded, IMAGES, (1,)), augmentation.augment_images(built, IMAGES, (1,))
+    )
+    with pytest.raises(CnnpipeError, match=r"augment.transforms\[0\] \(RandomShift\): .*less than 0.5"):
+        pipeline({"RandomShift": {"max_fraction": 0.7}})
+
+
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (64, 64, 3), (96, 96, 3), (224, 224, 3), (60, 90, 1)])
 def test_the_default_pipeline_keeps_any_size_and_shifts_by_a_tenth(raw_params, shape):
     """params.yaml's augmentation fits any picture: whole-pixel shifts of up to a tenth of each side, zeros
@@ -191,7 +217,8 @@ def test_the_default_pipeline_keeps_any_size_and_shifts_by_a_tenth(raw_params, s
             ],
             r"^augment.transforms\[2\] \(RandomCrop\): the pipeline turns the data's \[32, 32, 3\] images \(H, W, C\) "
             r"into \[28, 28, 3\], and training needs the data's size: set its height: 32, width: 32, after "
-            r"augment.transforms\[1\] \(PadIfNeeded\) with min_height: 36, min_width: 36; or shift with .*Affine",
+            r"augment.transforms\[1\] \(PadIfNeeded\) with min_height: 36, min_width: 36; or shift with "
+            r"params.yaml's default, RandomShift: \{max_fraction: 0.1\}, which keeps any size$",
         ),
         ([{"Resize": {"height": 20, "width": 20}}], r"set its height: 32, width: 32; or shift"),
         ([{"RandomResizedCrop": {"size": [20, 20]}}], r"\(RandomResizedCrop\).* set its size: \[32, 32\]; or shift"),

@@ -26,6 +26,7 @@ from rich.progress import Progress
 
 from cnnpipe import plots
 from cnnpipe.config import AugmentConfig
+from cnnpipe.data.shift import RandomShift
 from cnnpipe.errors import CnnpipeError
 
 ONLINE, COPIES, PREVIEW = 0, 1, 2  # the seed streams
@@ -33,10 +34,12 @@ PIPELINE_FILE, COPIES_IMAGES, COPIES_LABELS = "pipeline.json", "copies_images.np
 PREVIEW_FILE = "preview.png"  # originals beside augmented versions, logged with every run
 SUMMARY_FILE = "augment.json"  # what the stage did: transforms, copies, online; part of training's resume key
 CHUNK = 2048  # images per seeded chunk of the stored copies: fixed, so any core count gives the same result
+OWN = {"RandomShift": RandomShift}  # cnnpipe's transforms, named in augment.transforms beside albumentations'
 
 
 def _transform_names() -> list[str]:
-    return [name for name, value in vars(A).items() if inspect.isclass(value) and issubclass(value, A.BasicTransform)]
+    found = [name for name, value in vars(A).items() if inspect.isclass(value) and issubclass(value, A.BasicTransform)]
+    return [*OWN, *found]
 
 
 def _tuples(value: Any) -> Any:
@@ -56,7 +59,7 @@ def _valid_arguments(transform_class: type[A.BasicTransform]) -> list[str]:
 
 
 def _build_transform(index: int, name: str, args: dict[str, Any]) -> A.BasicTransform:
-    transform_class = getattr(A, name, None)
+    transform_class = OWN.get(name) or getattr(A, name, None)
     if not (inspect.isclass(transform_class) and issubclass(transform_class, A.BasicTransform)):
         close = difflib.get_close_matches(name, _transform_names(), n=1)
         hint = f"; did you mean {close[0]}?" if close else "; see albumentations' list of transforms"
@@ -79,7 +82,7 @@ def build_pipeline(cfg: AugmentConfig) -> A.Compose:
     return A.Compose(transforms)
 
 
-KEEPS_ANY_SIZE = "Affine: {translate_percent: [-0.1, 0.1], border_mode: 0, p: 1.0}"  # params.yaml's shifts
+KEEPS_ANY_SIZE = "RandomShift: {max_fraction: 0.1}"  # params.yaml's shifts
 
 
 def check_output(pipeline: A.Compose, image: np.ndarray) -> None:

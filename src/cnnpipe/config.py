@@ -37,7 +37,7 @@ SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
 # dvc.yaml's pull stage depends on ${data.path}, and DVC needs a path that exists: torchvision's data sets, pinned by
 # their checksums, name this stand-in (params.yaml's default), which never changes.
 TORCHVISION_STAND_IN = "src/cnnpipe/data/torchvision.md"
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # what pull and predict unpack
 MAX_NAME = 100  # characters of a name made from the data; a longer one ends in a hash of the whole
 
 

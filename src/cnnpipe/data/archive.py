@@ -21,11 +21,10 @@ from pathlib import Path, PurePosixPath
 
 from rich.progress import wrap_file
 
-from cnnpipe.config import LimitsConfig
+from cnnpipe.config import ARCHIVE_SUFFIXES, LimitsConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.outputs import replaced_atomically
 
-SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # What tarfile and zipfile raise for a damaged archive; gzip's error is an OSError, so it is caught first.
 DAMAGED = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, lzma.LZMAError, EOFError)
 ZIP_METHODS = {
@@ -51,10 +50,10 @@ def _is_url(location: str) -> bool:
 
 def _suffix(location: str) -> str:
     name = PurePosixPath(location.split("?")[0]).name.lower()
-    for suffix in SUFFIXES:
+    for suffix in ARCHIVE_SUFFIXES:
         if name.endswith(suffix):
             return suffix
-    raise CnnpipeError(f"data.path: {location!r} is not an archive; valid suffixes: {', '.join(SUFFIXES)}")
+    raise CnnpipeError(f"data.path: {location!r} is not an archive; valid suffixes: {', '.join(ARCHIVE_SUFFIXES)}")
 
 
 def _bundle(archive: Path, suffix: str) -> Bundle:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnnpipe.config import LimitsConfig
-from cnnpipe.data.archive import SUFFIXES, extract
+from cnnpipe.config import ARCHIVE_SUFFIXES, LimitsConfig
+from cnnpipe.data.archive import extract
 from cnnpipe.errors import CnnpipeError
 
 KEY = "INPUT"  # the argument errors name
@@ -37,7 +37,7 @@ def image_suffixes() -> set[str]:
 
 
 def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(SUFFIXES)
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def _walk(folder: Path, shown: str, images: list[ImageFile], found: Found) -> None:
@@ -87,7 +87,7 @@ def collect(inputs: list[str], scratch: Path, limits: LimitsConfig) -> Found:
         else:
             raise CnnpipeError(
                 f"{KEY}: {given} is neither an image (.png, .jpg, .tif, .webp, ...: a suffix PIL reads) nor an archive "
-                f"({', '.join(SUFFIXES)}); name image files, folders or archives"
+                f"({', '.join(ARCHIVE_SUFFIXES)}); name image files, folders or archives"
             )
         found.images.extend(images)
     if not found.images and not found.broken:

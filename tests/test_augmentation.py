@@ -168,8 +168,9 @@ def test_augment_stage_outputs_and_a_bad_transform_keeps_them(tmp_path, raw_para
 
 
 def test_random_shift_is_a_padded_random_crop_at_any_size():
-    """At 28 x 28 and 0.1: the five shifts -2..2 of a 2 px zero padding cropped back, equally often; a tenth of any
-    other side; saved and loaded as albumentations saves its own transforms."""
+    """Whole-pixel shifts as a zero padding cropped back; at 28 x 28 and 0.1 the draws of albumentations'
+    Affine(translate_percent=(-0.1, 0.1)): -2..2, no shift a third of the time; saved and loaded as albumentations
+    saves its own transforms."""
     image = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
     padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
     for dy, dx in ((2, -1), (0, 0), (-2, 2)):
@@ -179,7 +180,8 @@ def test_random_shift_is_a_padded_random_crop_at_any_size():
         transform = RandomShift(max_fraction=0.1)
         transform.set_random_seed(seed)
         draws[transform.get_params_dependent_on_data({"shape": (28, 28, 1)}, {})["dy"]] += 1
-    assert sorted(draws) == [-2, -1, 0, 1, 2] and min(draws.values()) > 150
+    assert sorted(draws) == [-2, -1, 0, 1, 2]
+    assert 0.3 < draws[0] / 1000 < 0.37 and all(0.13 < draws[shift] / 1000 < 0.2 for shift in (-2, -1, 1, 2))
     assert RandomShift(0.1).get_params_dependent_on_data({"shape": (224, 60, 3)}, {}).keys() == {"dy", "dx"}
     built = pipeline({"RandomShift": {"max_fraction": 0.2, "fill": 7}})
     loaded = augmentation._from_dict(A.to_dict(built))

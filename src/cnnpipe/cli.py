@@ -243,7 +243,7 @@ def _prediction_model(args: argparse.Namespace, params):
     """--model: a checkpoint file, or an MLflow model URI (models:/NAME@ALIAS, runs:/ID/model) in the tracking
     store of --tracking-uri, else of the params file."""
     if ":/" not in args.model:
-        with _long_lived_imports():  # Lightning, MLflow
+        with _long_lived_imports():  # Lightning (run_record reads run.json without MLflow)
             from cnnpipe.inference.model import from_checkpoint
             from cnnpipe.tracking.run_record import origin_of
 

@@ -21,7 +21,7 @@ STAGES = {  # name -> help; the stage modules are imported only when run, as the
     "pull": "fetch the images of data.source into a compact store with a validation split",
     "augment": "build the albumentations pipeline, its preview and the augmented copies",
     "train": "shape-check and train the CNN with Lightning, logging to MLflow",
-    "evaluate": "test-set metrics and plots, logged into the same MLflow run",
+    "evaluate": "test-set metrics and plots, logged into a child run of the training's MLflow run",
 }
 
 

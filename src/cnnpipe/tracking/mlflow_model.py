@@ -150,17 +150,17 @@ def load_classifier(uri: str, tracking_uri: str) -> Classifier:
         list(classes),
         tuple(int(size) for size in shape),
         probabilities,
-        origin=_origin(uri, loaded.metadata.run_id),
+        origin=_origin(uri, loaded.metadata.run_id, tracking_uri),
     )
 
 
-def _origin(uri: str, run_id: str | None) -> str:
+def _origin(uri: str, run_id: str | None, tracking_uri: str) -> str:
     """The MLflow run behind a model URI, and the registered version a models:/ URI resolves to."""
     origin = f"MLflow run {run_id}" if run_id else "no MLflow run recorded"
     if not uri.startswith("models:/"):
         return origin
     name, _, which = uri.removeprefix("models:/").partition("@")
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     try:
         version = (
             client.get_model_version_by_alias(name, which) if which else client.get_model_version(*name.split("/"))

@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+PLOTS_TEMPLATE := .dvc/plots_template.html
 MIRROR := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 UI_PORT ?= 5000
 export PATH := $(BIN):$(PATH)
@@ -13,7 +15,7 @@ QUIET_PIP := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2
 
 .PHONY: setup repro test ui lint clean
 
-setup: $(STAMP) mirror .dvc/config
+setup: $(STAMP) mirror .dvc/config $(PLOTS_TEMPLATE)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +36,26 @@ mirror:
 # A fresh clone has .dvc/ committed; this only covers a checkout whose .dvc/ was removed.
 .dvc/config:
 	DVC_NO_ANALYTICS=1 $(BIN)/dvc init --quiet && $(BIN)/dvc config core.analytics false
+	$(BIN)/dvc config plots.html_template $(notdir $(PLOTS_TEMPLATE))
+
+# `dvc plots show` draws with vega, vega-lite and vega-embed, which DVC's page loads from a CDN. Set-up installs the
+# versions package-lock.json pins and inlines them into the page template that .dvc/config names
+# (plots.html_template), so the charts draw offline. npm runs again only when package*.json change. Without npm
+# the template keeps DVC's CDN scripts, so plots work as in plain DVC (online); it is remade, and the note said, on
+# every set-up until npm is installed.
+ifneq ($(shell command -v npm),)
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(PLOTS_TEMPLATE): $(NPM_STAMP) tools/dvc_plots_template.py | $(STAMP) .dvc/config
+	$(BIN)/python tools/dvc_plots_template.py $@
+else
+.PHONY: $(PLOTS_TEMPLATE)
+$(PLOTS_TEMPLATE): | $(STAMP) .dvc/config
+	@echo "note: npm not found; dvc plots show loads vega from its CDN, online only (make setup again with npm)"
+	@$(BIN)/python tools/dvc_plots_template.py $@ --cdn
+endif
 
 repro: setup
 	$(BIN)/dvc repro
@@ -48,7 +70,7 @@ ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks networks
+	$(BIN)/ruff check src tests benchmarks networks tools
 
 # A two-node Slurm cluster on this machine, to try pipelines/slurm/train.sbatch (root: installs slurm-wlm and
 # munge; README, "Training on a cluster"). Not needed for repro or test: the cluster tests start their own.
@@ -60,4 +82,4 @@ cluster-down:
 	$(BIN)/python -m tests.cluster down
 
 clean:
-	rm -rf $(VENV) data mlruns mlartifacts mlflow.db
+	rm -rf $(VENV) data mlruns mlartifacts mlflow.db node_modules $(PLOTS_TEMPLATE)

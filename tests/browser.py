@@ -102,12 +102,17 @@ def capture(
     window: tuple[int, int] = (1600, 1000),
     virtual_time_ms: int = VIRTUAL_TIME_MS,
     timeout: float = 120,
+    offline: bool = False,
 ) -> str:
-    """One chromium run: a PNG of `url` written to `path`, and the rendered DOM (HTML) returned."""
+    """One chromium run: a PNG of `url` written to `path`, and the rendered DOM (HTML) returned. `offline` cuts the
+    page off the network: every http(s) request, loopback's too, goes to a proxy on the closed port 9 and fails."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    result = _run(ensure_chromium(), url, [f"--screenshot={path}", "--dump-dom"], virtual_time_ms, window, timeout)
+    flags = [f"--screenshot={path}", "--dump-dom"]
+    if offline:
+        flags += ["--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
+    result = _run(ensure_chromium(), url, flags, virtual_time_ms, window, timeout)
     assert path.is_file() and path.stat().st_size > 0, f"chromium wrote no screenshot of {url}"
     return result.stdout
 

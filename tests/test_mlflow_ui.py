@@ -8,6 +8,7 @@ tests/screenshots/ for a person to look at.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,8 +20,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from cnnpipe.tracking.compare_view import IMAGES, VIEW_NAME, view_url
 from cnnpipe.tracking.registry import DESCRIPTION
-from tests.browser import capture, ensure_chromium, screenshot_dir, visible_text
+from tests.browser import capture, capture_after, ensure_chromium, screenshot_dir, visible_text
 from tests.helpers import REPO, SMALL_RUN, run_cnnpipe, small_run_params, write_params
 from tests.mlflow_server import MlflowServer, free_port
 
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 EXPERIMENT = MODEL = SMALL_RUN  # named from small_run_params's data
 REMOTE = "https://github.com/example/cnnpipe.git"
+OTHER_LR = 0.01  # the second training's train.lr (the first trains with params.yaml's)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,10 @@ class Store:
     """What the store holds, as the UI should show it."""
 
     experiment_id: str
-    run_id: str
+    run_id: str  # the training the champion version came from
     run_name: str
+    other_run_id: str  # the other training, with another train.lr
+    other_run_name: str
     param: tuple[str, str]  # one param (key, value) of the run
     metrics: tuple[str, ...]  # per-epoch metric keys of the run; the first one sorts the runs list
     child_run_id: str
@@ -71,20 +76,29 @@ def build_store(server: MlflowServer, root: Path, data: Path) -> Store:
     ):
         subprocess.run([*git, *command], cwd=root, check=True)
     shutil.copytree(data, root / "data")
-    run_cnnpipe("train", cwd=root)
-    run_cnnpipe("evaluate", cwd=root)
+    for lr in (raw["train"]["lr"], OTHER_LR):  # two trainings to compare, each evaluated
+        raw["train"]["lr"] = lr
+        write_params(root / "params.yaml", raw)
+        run_cnnpipe("train", cwd=root)
+        run_cnnpipe("evaluate", cwd=root)
 
     client = MlflowClient(server.url)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    (training,) = client.search_runs([experiment_id], "tags.`cnnpipe.stage` = 'train'")
-    (evaluation,) = client.search_runs([experiment_id], "tags.`cnnpipe.stage` = 'evaluate'")
     version = client.get_model_version_by_alias(MODEL, "champion")
+    trainings = client.search_runs([experiment_id], "tags.`cnnpipe.stage` = 'train'")
+    (training,) = [run for run in trainings if run.info.run_id == version.run_id]  # the champion's
+    (other,) = [run for run in trainings if run.info.run_id != version.run_id]
+    (evaluation,) = client.search_runs(
+        [experiment_id], f"tags.`cnnpipe.stage` = 'evaluate' and tags.`mlflow.parentRunId` = '{training.info.run_id}'"
+    )
     tags = training.data.tags
     return Store(
         experiment_id=experiment_id,
         run_id=training.info.run_id,
         run_name=training.info.run_name,
-        param=("train.lr", "0.003"),
+        other_run_id=other.info.run_id,
+        other_run_name=other.info.run_name,
+        param=("train.lr", training.data.params["train.lr"]),
         metrics=("val/acc", "train/loss"),
         child_run_id=evaluation.info.run_id,
         child_run_name=evaluation.info.run_name,
@@ -243,3 +257,62 @@ def test_model_version_page_shows_alias_source_run_tags_and_description(ui):
     must_show(text, name, "Tags", "Name", "Value", "Actions")
     must_show(text, name, *store.version_tag)  # the tags in alphabetical order: data.digest, git.commit, ...
     must_show(text, name, "Description", "Edit", store.version_description)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing trainings (docs/mlflow-ui.md, section 3): the view cnnpipe saves in each experiment, and the Compare page.
+
+
+def test_the_saved_view_ranks_the_trainings_by_their_test_accuracy(ui):
+    server, store = ui
+    name = "mlflow-ui-9-view-runs-by-test-acc.png"
+    html, text = look(view_url(server.url, store.experiment_id).removesuffix("&compareRunsMode=CHART"), name)
+    must_show(text, name, VIEW_NAME)
+    must_show(text, name, "Sort:", "test/acc")
+    must_show(text, name, "Metrics", "Parameters")
+    for column in ("best/val/acc", "test/acc", "model.width", "train.lr"):
+        must_show(text, name, column)
+    assert store.child_run_name not in text, "the view lists trainings only"
+    # both trainings' rows carry a test/acc cell, the champion's (the better one) first
+    assert len(re.findall(r'role="gridcell" col-id="metrics\.`test/acc`"', html)) == 2
+    assert text.index(store.run_name) < text.index(store.other_run_name)
+
+
+def test_the_saved_view_shows_both_trainings_pictures_without_their_parameters(ui):
+    server, store = ui
+    name = "mlflow-ui-10-view-charts-images.png"
+    html, text = look(view_url(server.url, store.experiment_id), name, window=(1600, 3200))
+    must_show(text, name, "Compare trainings")
+    for chart in ("test/acc", "val/acc", "val/loss", "train/loss", "Parallel Coordinates"):
+        must_show(text, name, chart)
+    for key in IMAGES:
+        must_show(text, name, key)
+        for run_id in (store.run_id, store.other_run_id):
+            image = re.escape(quote(f"images/{key}+step+0+", safe=""))
+            assert re.search(rf'<img [^>]*src="get-artifact\?path={image}[^"]*run_uuid={run_id}"', html), (
+                f"no <img> of {key} of run {run_id} in the view (see {screenshot_dir() / name})"
+            )
+    assert f"{store.param[0]}={store.param[1]}" not in text, "image cards print every run parameter again"
+
+
+def test_the_compare_page_shows_test_acc_against_the_changed_param_in_three_clicks(ui):
+    """docs/mlflow-ui.md's clicks: the parallel-coordinates plot opens on the metric logged first (`parameters`)."""
+    server, store = ui
+    name = "mlflow-ui-11-compare-page-test-acc.png"
+    runs, experiments = quote(json.dumps([store.run_id, store.other_run_id])), quote(json.dumps([store.experiment_id]))
+    url = f"{server.url}/#/compare-runs?runs={runs}&experiments={experiments}"
+    metrics = "document.querySelectorAll('.du-bois-light-select')[1]"
+
+    def pick_test_acc(page):
+        page.click(f"{metrics}.querySelector('.du-bois-light-select-selection-item-remove')")  # the ✕ of parameters
+        page.click(f"{metrics}.querySelector('input')")
+        page.type("test/acc")
+        page.click("document.querySelector('h1, h2')")  # closes the drop-down
+        page.evaluate("window.scrollTo(0, 0)")
+
+    ready = f"{metrics}?.querySelector('.du-bois-light-select-selection-item-remove')"
+    html = capture_after(url, screenshot_dir() / name, ready, pick_test_acc)
+    text = visible_text(html)
+    must_show(text, name, "Parameters:", store.param[0], "Metrics:", "test/acc")
+    axes = re.findall(r'<text[^>]*class="axis-title"[^>]*>([^<]*)</text>', html)
+    assert axes == [store.param[0], "test/acc"], f"parallel coordinates axes {axes} (see {screenshot_dir() / name})"

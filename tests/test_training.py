@@ -1,5 +1,6 @@
 """The train and evaluate stages for real: pulled Fashion-MNIST, a Lightning trainer, a SQLite MLflow store."""
 
+import csv
 import json
 import os
 import re
@@ -17,7 +18,10 @@ from mlflow.tracking import MlflowClient
 from cnnpipe.models.hardware import auto_precision
 from cnnpipe.models.module import load_model
 from cnnpipe.models.trainer import LIGHTNING_NOISE
+from cnnpipe.tracking.compare_view import VIEW_NAME, VIEW_TAG
+from cnnpipe.tracking.compare_view import state as compare_view_state
 from cnnpipe.tracking.dataset import dvc_hash
+from cnnpipe.tracking.evaluation_store import EVALUATION_RUN_TAG
 from tests.helpers import SMALL_RUN, run_cnnpipe, small_run_params, stage_runs, write_params
 
 
@@ -31,7 +35,8 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     assert "[48, 7, 7]" in result.stdout  # the shape table is printed before training
     assert [noise for noise in LIGHTNING_NOISE if re.search(noise, result.stdout + result.stderr)] == []
     train_metrics = json.loads((workdir / "metrics/train.json").read_text())
-    assert train_metrics["epochs"] == 2 and train_metrics["mean/images_per_sec"] > 0
+    # only what `dvc metrics show` compares (it fits 120 columns); MLflow has the rest, checked below
+    assert list(train_metrics) == ["best/val/acc", "best/val/loss", "best/epoch", "train_time_s"]
     history = (workdir / "metrics/train_history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 3
     run_file = json.loads((workdir / "data/train/run.json").read_text())
@@ -40,12 +45,11 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     run_cnnpipe("evaluate", cwd=workdir)
     test_metrics = json.loads((workdir / "metrics/test.json").read_text())
     assert test_metrics["test/acc"] > 0.8 and test_metrics["test/count"] == 3000
-    assert {key for key in test_metrics if key.startswith("test/acc/")} == {
-        "test/acc/Trouser",
-        "test/acc/Bag",
-        "test/acc/Sneaker",
-    }
-    for plot in ("confusion_matrix.png", "misclassified.png", "predictions.csv"):
+    assert list(test_metrics) == ["test/acc", "test/loss", "test/count"]  # each class's accuracy is a plot's
+    with (workdir / "plots/per_class_accuracy.csv").open() as handle:
+        per_class = {row["class"]: float(row["accuracy"]) for row in csv.DictReader(handle)}
+    assert set(per_class) == {"Trouser", "Bag", "Sneaker"} and all(0 <= acc <= 1 for acc in per_class.values())
+    for plot in ("confusion_matrix.png", "misclassified.png", "predictions.csv", "per_class_accuracy.csv"):
         assert (workdir / "plots" / plot).stat().st_size > 0
 
     client, (run,) = stage_runs(workdir)
@@ -53,12 +57,13 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     assert run.data.params["model.built_widths"] == "16,48,256,3"
     assert not any(key.startswith("evaluate.") for key in run.data.params)  # evaluate's params are its own run's
     assert run.data.metrics["best/val/acc"] == pytest.approx(train_metrics["best/val/acc"])
-    assert run.data.metrics["parameters"] == train_metrics["parameters"]
+    assert run.data.metrics["epochs"] == 2 and run.data.metrics["parameters"] == 610_387
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "images_per_sec")] == [0, 1]
     assert run.data.metrics["forward_mflops"] == pytest.approx(4.14, abs=0.01)  # conv, dense layers, 3 classes
-    assert train_metrics["mean/gflops_per_sec"] == pytest.approx(
-        train_metrics["mean/images_per_sec"] * 3 * run.data.metrics["forward_mflops"] / 1e3, rel=1e-6
+    assert run.data.metrics["mean/images_per_sec"] > 0
+    assert run.data.metrics["mean/gflops_per_sec"] == pytest.approx(
+        run.data.metrics["mean/images_per_sec"] * 3 * run.data.metrics["forward_mflops"] / 1e3, rel=1e-6
     )
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "PROJECT"
     # what `auto` resolved to on this machine: its precision, NHWC on a CPU, augmentation in the training process
@@ -84,6 +89,7 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
         "effective_receptive_field.png",
         "first_layer_kernels.png",
         "feature_maps.png",
+        "receptive_field_table.png",
     } <= artifacts
     assert run.data.metrics["rf_final"] == 8  # conv2 after one 2x2 max-pool: 3 + 1 + 2 * 2
     assert 0 < run.data.metrics["erf_fraction"] <= 1
@@ -104,7 +110,15 @@ def test_train_then_evaluate_log_a_training_run_and_its_evaluation(workdir):
     }
     assert evaluation.data.tags["evaluate.tta"] == "hflip"  # auto: params.yaml's augmentation mirrors the images
     assert evaluation.data.metrics["test/acc"] == pytest.approx(test_metrics["test/acc"])
+    assert evaluation.data.metrics["test/acc/Bag"] == pytest.approx(per_class["Bag"])  # in MLflow as before
     assert "evaluation" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    # the training run carries its test result, where MLflow's runs table and Compare page rank trainings
+    trained = client.get_run(run.info.run_id)
+    assert trained.data.metrics["test/acc"] == pytest.approx(test_metrics["test/acc"])
+    assert trained.data.metrics["test/loss"] == pytest.approx(test_metrics["test/loss"])
+    assert trained.data.tags[EVALUATION_RUN_TAG] == evaluation.info.run_id
+    view = json.loads(client.get_experiment(run.info.experiment_id).tags[VIEW_TAG])
+    assert view["name"] == VIEW_NAME and json.loads(view["state"]) == compare_view_state()
 
 
 def test_an_evaluate_only_rerun_is_a_new_child_run_and_the_training_run_is_untouched(workdir, raw_params):
@@ -119,7 +133,14 @@ def test_an_evaluate_only_rerun_is_a_new_child_run_and_the_training_run_is_untou
     assert sorted(run.data.params["evaluate.misclassified"] for run in evaluations) == ["6", "9"]
     after = client.get_run(training.info.run_id)
     assert after.info.end_time == training.info.end_time and after.data.params == training.data.params
-    assert after.data.metrics == training.data.metrics
+    # only the test result moves on: one point per evaluation, the tag names the newest
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "test/acc")] == [0, 1]
+    assert after.data.metrics == training.data.metrics | {
+        "test/acc": client.get_metric_history(training.info.run_id, "test/acc")[1].value,
+        "test/loss": client.get_metric_history(training.info.run_id, "test/loss")[1].value,
+    }
+    newest = max(evaluations, key=lambda run: run.info.start_time)
+    assert after.data.tags[EVALUATION_RUN_TAG] == newest.info.run_id
 
 
 def test_registered_model_answers_mlflow_models_predict_at_champion(workdir, raw_params):

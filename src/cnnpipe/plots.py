@@ -20,6 +20,15 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
+def text_image(text: str, path: Path) -> Path:
+    """Monospaced text (a table) as a picture: MLflow's image grid shows pictures of runs side by side, and
+    nothing of a text artifact."""
+    lines = text.rstrip().splitlines()
+    figure = plt.figure(figsize=(0.075 * max(map(len, lines)) + 0.3, 0.17 * len(lines) + 0.3))
+    figure.text(0, 1, "\n".join(lines), family="DejaVu Sans Mono", fontsize=9, va="top")
+    return _save(figure, path)
+
+
 def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """Rows are true classes, columns predictions; each cell shows the count, colour the row fraction."""
     fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)

@@ -82,12 +82,11 @@ def describe(network: nn.Module, images: torch.Tensor, folder: Path) -> Descript
         return result
     text = Console(record=True, width=140, file=io.StringIO())  # recorded for the artifact, not shown
     text.print(to_table(layers, title=f"Receptive field, input {list(input_shape)}"))
-    for name, content in (
-        ("receptive_field.json", to_json(layers, input_shape)),
-        ("receptive_field.txt", text.export_text()),
-    ):
+    table = text.export_text()
+    for name, content in (("receptive_field.json", to_json(layers, input_shape)), ("receptive_field.txt", table)):
         (folder / name).write_text(content)
         result.files.append(folder / name)
+    result.files.append(plots.text_image(table, folder / "receptive_field_table.png"))
     result.files.append(
         plots.receptive_field_growth(
             [layer.name for layer in layers],

@@ -25,7 +25,7 @@ from cnnpipe.outputs import replaced_files, write_atomically
 from cnnpipe.paths import Paths
 from cnnpipe.tracking import registry
 from cnnpipe.tracking.dataset import dataset_inputs, dvc_hash
-from cnnpipe.tracking.evaluation_store import EvaluationStore, evaluation_store
+from cnnpipe.tracking.evaluation_store import EvaluationStore, evaluation_store, report_to_training
 from cnnpipe.tracking.mlflow_run import TrackedRun, metric_key
 from cnnpipe.tracking.run_record import RunRecord
 
@@ -33,18 +33,16 @@ LOCK_FILE = Path("dvc.lock")
 TTA = {True: "hflip", False: "none"}  # what evaluate.tta resolved to, as the run's tag says it
 
 
-def scores(result: Predictions, matrix: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """metrics/test.json, under the names MLflow shows (a `/` in a class name would nest its chart)."""
+def scores(result: Predictions, matrix: np.ndarray, classes: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """metrics/test.json's headline numbers, under the names MLflow shows, and each class's accuracy by class name
+    for plots/per_class_accuracy.csv (as metrics, a column each, they widened `dvc metrics show` past a terminal)."""
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
-    return {
+    headline = {
         "test/acc": float(matrix.trace() / matrix.sum()),
         "test/loss": result.loss,
         "test/count": int(matrix.sum()),
-        **{
-            metric_key(f"test/acc/{name.replace('/', '_')}"): float(acc)
-            for name, acc in zip(classes, per_class, strict=True)
-        },
     }
+    return headline, {name: float(acc) for name, acc in zip(classes, per_class, strict=True)}
 
 
 def flip_at_test_time(tta: str, trained_mirrored: bool) -> bool:
@@ -77,16 +75,20 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
     keep_freed_memory()  # without it the views' activations were faulted in anew: 6-7 s became 6-19 s
     result = predict(module, test.images, test.labels, params.evaluate.batch_size, mirror, shift)
     matrix = confusion(result.labels, result.predicted, manifest.num_classes)
-    metrics = scores(result, matrix, manifest.classes)
+    metrics, per_class = scores(result, matrix, manifest.classes)
     with replaced_files(paths.plots) as staging:
-        figures = _write_plots(staging, result, matrix, test.images, manifest.classes, params.evaluate.misclassified)
+        figures = _write_plots(
+            staging, result, matrix, per_class, test.images, manifest.classes, params.evaluate.misclassified
+        )
         write_atomically(paths.metrics / "test.json", json.dumps(metrics, indent=2))
     if store.note:
         warn(store.note)
     tracked = store.start()
     try:
         tracked.set_tag("evaluate.tta", TTA[mirror])
-        _log(tracked, params, store, metrics, [paths.plots / figure.name for figure in figures], paths.pulled)
+        # MLflow still gets each class's accuracy as a metric (a `/` in a class name would nest its chart)
+        logged = metrics | {metric_key(f"test/acc/{name.replace('/', '_')}"): acc for name, acc in per_class.items()}
+        _log(tracked, params, store, logged, [paths.plots / figure.name for figure in figures], paths.pulled)
     except BaseException as exc:
         tracked.end_after(exc)
         raise
@@ -100,12 +102,22 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
 
 
 def _write_plots(
-    folder: Path, result: Predictions, matrix: np.ndarray, images: np.ndarray, classes: list[str], count: int
+    folder: Path,
+    result: Predictions,
+    matrix: np.ndarray,
+    per_class: dict[str, float],
+    images: np.ndarray,
+    classes: list[str],
+    count: int,
 ) -> list[Path]:
     with (folder / "predictions.csv").open("w", newline="") as handle:  # dvc plots' confusion template
         writer = csv.writer(handle)
         writer.writerow(["actual", "predicted"])
         writer.writerows((classes[a], classes[p]) for a, p in zip(result.labels, result.predicted, strict=True))
+    with (folder / "per_class_accuracy.csv").open("w", newline="") as handle:  # dvc plots' bar_horizontal
+        writer = csv.writer(handle)
+        writer.writerow(["class", "accuracy"])
+        writer.writerows(per_class.items())
     wrong = np.flatnonzero(result.labels != result.predicted)
     wrong = wrong[np.argsort(-result.confidence[wrong], kind="stable")][:count]  # the most confident mistakes first
     titles = [
@@ -138,6 +150,7 @@ def _log(
         run.log_artifact(LOCK_FILE)
     if store.training is not None:  # the training run learns what it is missing, and its end if that was lost
         training = TrackedRun(run.client, record.run_id, run.tracking_uri, list(record.unlogged))
+        report_to_training(training, run, metrics)
         if store.training.info.status == "RUNNING":  # run.json is written by a finished training: its end was lost
             training.finish()
         else:

@@ -43,6 +43,9 @@ from cnnpipe.tracking.run_record import RunRecord
 ERF_IMAGES = 32  # validation images the effective receptive field is averaged over
 MODEL_EXAMPLES = 2  # validation images stored as the logged model's input example
 HISTORY = "train_history.csv"  # written beside the checkpoints every epoch, to metrics/ when training finished
+# metrics/train.json: what `dvc metrics show` and `dvc exp show` compare, in 120 columns with test.json (README).
+# The rest of the summary (epochs, throughput, parameters) goes to MLflow, and per epoch to train_history.csv.
+HEADLINE = ("best/val/acc", "best/val/loss", "best/epoch", "train_time_s")
 
 
 def build_module(params: Params, datamodule: ImageDataModule) -> CnnClassifier:
@@ -186,7 +189,7 @@ class Publish(pl.Callback):
 
 
 def summary(rows: list[dict[str, float]], monitor: str, best_score: float) -> dict[str, float]:
-    """metrics/train.json, under the names MLflow shows: the epoch that ModelCheckpoint kept as best.ckpt (its
+    """The training's metrics, under the names MLflow shows: the epoch that ModelCheckpoint kept as best.ckpt (its
     `best_score` of `monitor`), and the whole training."""
     best = next(row for row in rows if row.get(monitor) == best_score)
     return {
@@ -253,7 +256,7 @@ def _finish(
             params.mlflow.registered_model if version else None,
             version,
         ).write(staging / "run.json")
-    write_atomically(paths.metrics / "train.json", json.dumps(metrics, indent=2))
+    write_atomically(paths.metrics / "train.json", json.dumps({key: metrics[key] for key in HEADLINE}, indent=2))
     write_atomically(paths.metrics / HISTORY, (paths.checkpoints / HISTORY).read_text())
     resume.ResumeState(key, run.run_id, run.tracking_uri, completed=True).write(paths.checkpoints)
     console.print(

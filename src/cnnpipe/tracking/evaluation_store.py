@@ -30,6 +30,8 @@ from cnnpipe.tracking.mlflow_run import (
 from cnnpipe.tracking.run_record import RunRecord
 
 TRAIN_RUN_TAG = "cnnpipe.train_run_id"  # on an evaluation run: the training it evaluated
+EVALUATION_RUN_TAG = "cnnpipe.evaluation_run_id"  # on a training run: its latest evaluation
+HEADLINE = ("test/acc", "test/loss")  # what the training run carries, to be ranked by in the UI
 
 
 def _store(record: RunRecord, source: Path) -> str:
@@ -93,6 +95,18 @@ class EvaluationStore:
         except Exception as exc:  # noqa: BLE001 - the store broke after the checks: still one line
             raise unusable(uri, exc) from None
         return TrackedRun(client, run.info.run_id, uri)
+
+
+def report_to_training(training: TrackedRun, evaluation: TrackedRun, metrics: dict[str, float]) -> None:
+    """The headline test metrics also on the training run, one step per evaluation (a re-evaluation is a new
+    point, not a rewrite), and a tag naming the evaluation run that holds the rest."""
+
+    def log() -> None:
+        step = len(training.client.get_metric_history(training.run_id, HEADLINE[0]))
+        training.log_metrics({key: metrics[key] for key in HEADLINE}, step)
+
+    training.log_call("test metrics", log)
+    training.set_tag(EVALUATION_RUN_TAG, evaluation.run_id)
 
 
 def evaluation_store(record: RunRecord, source: Path) -> EvaluationStore:

@@ -38,6 +38,7 @@ from cnnpipe.config import MlflowConfig
 from cnnpipe.console import note, warn
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.tracking import relocate
+from cnnpipe.tracking.compare_view import prepare_for_comparison
 
 # MLflow retries a failed request 7 times with exponential back-off (minutes per call); a training whose
 # server went away should lose seconds, not hours. Set these variables yourself to override.
@@ -331,7 +332,9 @@ def start_run(cfg: MlflowConfig, run_id: str | None = None) -> TrackedRun:
         raise
     except Exception as exc:  # noqa: BLE001 - the store broke after check_store: still one line
         raise unusable(uri, exc) from None
-    return TrackedRun(client, run.info.run_id, uri)
+    tracked = TrackedRun(client, run.info.run_id, uri)
+    tracked.log_call("run colour", lambda: prepare_for_comparison(client, experiment_id, tracked.run_id))
+    return tracked
 
 
 def create_run(client: MlflowClient, experiment_id: str, run_name: str | None, tags: dict[str, str]) -> Run:

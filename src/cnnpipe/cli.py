@@ -153,21 +153,33 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
 
 def _compare(args: argparse.Namespace) -> None:
     """The trainings of an MLflow experiment, each with its newest evaluation: the params that differ, the
-    metrics, best first."""
+    metrics, best first; or a report of named runs side by side (--output report.html or report.md)."""
     with _long_lived_imports():
-        from cnnpipe.tracking.compare import DEFAULT_METRICS, compare
+        from rich.text import Text
+
+        from cnnpipe.console import console
+        from cnnpipe.tracking import report as reports
+        from cnnpipe.tracking.compare import DEFAULT_METRICS, compare, experiment_trainings, pick
         from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
 
-    if args.output and not args.format:
-        raise CnnpipeError("--output: needs --format md or --format csv; the table view prints to the terminal")
+    reporting = args.output is not None and not args.format
     if args.output:
         _check_output_file(args.output)
+    if reporting:
+        reports.check_output(args.output, args.runs)
     mlflow = None if args.tracking_uri and args.experiment else load_params(args.params).mlflow
     uri = resolve_tracking_uri(args.tracking_uri or mlflow.tracking_uri)
     key = "--tracking-uri" if args.tracking_uri else f"{args.params}: mlflow.tracking_uri"
     experiment = args.experiment or mlflow.experiment
     metrics = tuple(args.metrics.split(",")) if args.metrics else DEFAULT_METRICS
-    table = compare(uri, experiment, args.metric, metrics, key)
+    runs = experiment_trainings(uri, experiment, args.data, key)
+    if args.runs:
+        runs = pick(runs, args.runs, experiment)
+    if reporting:
+        reports.write(reports.build(uri, experiment, runs, metrics), args.output)
+        console.print(Text(f"{args.output}: {len(runs)} runs of {experiment} side by side"), soft_wrap=True)
+        return
+    table = compare(runs, args.sort, metrics)
     if args.format:
         text = table.to_markdown() if args.format == "md" else table.to_csv()
         if args.output:
@@ -176,9 +188,8 @@ def _compare(args: argparse.Namespace) -> None:
             print(text, end="")
         return
     # Rich's width: COLUMNS, else the terminal's even through a pipe (`| less`: stderr still is one), else 80.
-    from cnnpipe.console import console
-
-    console.print(*table.to_tables(f"{experiment}: best {table.metric} first", console.width))
+    data = f" ({args.data})" if args.data else ""
+    console.print(*table.to_tables(f"{experiment}{data}: best {table.metric} first", console.width))
 
 
 def _positive(name: str):
@@ -326,17 +337,38 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="the image to write, in the format of its extension (default: IMAGE-KERNEL.png beside it)",
     )
-    runs = commands.add_parser("compare", help=_compare.__doc__)
+    runs = commands.add_parser("compare", help=_compare.__doc__, description=_compare.__doc__)
+    runs.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="run names or ids of the experiment: only these rows; with --output .html or .md, their report",
+    )
     runs.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of params.yaml)")
     runs.add_argument("--tracking-uri", help="default: mlflow.tracking_uri of params.yaml")
     runs.add_argument(
+        "--data",
+        metavar="NAME",
+        help="only the trainings of this data set, named as experiments are by default (data.name: fashion-mnist, "
+        "the folder's or archive's name, a class subset's classes added), from the data.* params they logged",
+    )
+    runs.add_argument(
+        "--sort",
         "--metric",
         default="accuracy",
-        help="sort by this metric: a name or its ending (default: accuracy = test/acc, of the newest evaluation)",
+        metavar="METRIC",
+        help="sort by METRIC, best first: ascending when its name holds loss or time, else descending; a full key "
+        "(best/val/loss) or its ending (acc: test/acc); runs without it last (default: accuracy = test/acc)",
     )
     runs.add_argument("--metrics", help="comma-separated metric columns (default: test, validation, speed, rf)")
     runs.add_argument("--format", choices=("md", "csv"), help="print Markdown or CSV instead of a table")
-    runs.add_argument("--output", type=Path, help="with --format: write to this file instead of stdout")
+    runs.add_argument(
+        "--output",
+        type=Path,
+        help="with --format: write the table to this file instead of stdout; without, a report of two or more "
+        "RUNs in their order: params that differ, metrics, val/acc and val/loss overlaid, receptive fields, "
+        "first-layer kernels, as .html (pictures inside) or .md (PNGs in NAME_files/); overwrites only a report",
+    )
     predicting = commands.add_parser("predict", help=_predict.__doc__)
     predicting.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (at any depth), archives")
     predicting.add_argument(

@@ -149,3 +149,19 @@ def feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: Path, per
             axes[row, column].set_title(f"{name}[{column}]", fontsize=6)
     figure.suptitle("Feature maps of one validation image", fontsize=9)
     return _save(figure, path)
+
+
+def overlaid_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], metric: str, path: Path) -> Path:
+    """One metric per epoch for several runs in one axes, a line per run (label -> epochs, values): which run
+    learns faster, and where one overfits, is seen at a glance."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, (epochs, values) in curves.items():  # a label as text: no $math$; a leading _ would hide it
+        text = label.replace("$", r"\$")
+        axes.plot(epochs, values, marker="o", markersize=3, label=f" {text}" if text.startswith("_") else text)
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs: no 2.5
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric)
+    axes.set_title(metric)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, path)

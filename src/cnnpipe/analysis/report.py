@@ -24,17 +24,39 @@ def to_json(layers: list[LayerField], input_shape: tuple[int, int, int]) -> str:
     return json.dumps({"input": list(input_shape), "layers": [asdict(layer) for layer in layers]}, indent=2)
 
 
+def from_json(text: str) -> list[LayerField]:
+    """The layers of a receptive_field.json that a run logged, for `cnnpipe compare`'s report."""
+    return [LayerField(**layer) for layer in json.loads(text)["layers"]]
+
+
 def _fmt(pair: tuple[float, float]) -> str:
     return "x".join(f"{value:g}" for value in pair)
 
 
+COLUMNS = ("layer", "type", "output [C,H,W]", "rf", "jump", "start")
+
+
+def rows(layers: list[LayerField]) -> list[list[str]]:
+    """The cells of the receptive-field table under COLUMNS: the terminal's and the compare report's."""
+    return [
+        [
+            layer.name,
+            layer.type,
+            str(list(layer.out_shape)),
+            _fmt(layer.rf) + ("" if layer.aligned else " (paths not aligned)"),
+            _fmt(layer.jump),
+            _fmt(layer.start),
+        ]
+        for layer in layers
+    ]
+
+
 def to_table(layers: list[LayerField], title: str = "Receptive field") -> Table:
     table = Table(title=title)
-    for column in ("layer", "type", "output [C,H,W]", "rf", "jump", "start"):
+    for column in COLUMNS:
         table.add_column(column)
-    for layer in layers:
-        rf = _fmt(layer.rf) + ("" if layer.aligned else " (paths not aligned)")
-        table.add_row(layer.name, layer.type, str(list(layer.out_shape)), rf, _fmt(layer.jump), _fmt(layer.start))
+    for row in rows(layers):
+        table.add_row(*row)
     return table
 
 

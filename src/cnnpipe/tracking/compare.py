@@ -1,12 +1,15 @@
 """`cnnpipe compare`: the runs of one experiment side by side, by the params that differ and their metrics.
 
-The MLflow UI compares runs too; this is the same view in a terminal, a CI log or a Markdown report.
+The MLflow UI compares runs too; this is the same view in a terminal, a CI log or a Markdown table (the report
+of named runs, with their curves and pictures, is tracking/report.py).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,26 +23,30 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
+from cnnpipe.config import DataConfig
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.tracking.mlflow_run import SQLITE, check_reachable, sqlite_problem
 
 # The metrics worth a column by default: how good, how fast, and what the network sees.
 DEFAULT_METRICS = ("test/acc", "test/loss", "best/val/acc", "best/val/loss", "mean/images_per_sec", "rf_final")
 LOWER_IS_BETTER = ("loss", "time")
-ALIASES = {"accuracy": "acc"}  # `--metric accuracy`, the default: runs log `test/acc` since the rename
+ALIASES = {"accuracy": "acc"}  # `--sort accuracy`, the default: runs log `test/acc` since the rename
 STAGE_TAG = "cnnpipe.stage"  # train on a training run, evaluate on each evaluation: a child of its training run
 PARENT_TAG = "mlflow.parentRunId"
 GAP = 2  # characters between two columns of the terminal table
+LISTED = 20  # run names a refusal lists
 
 
 @dataclass(frozen=True)
 class Training:
     """A row: one training run, with the params and metrics of its newest evaluation merged in."""
 
+    run_id: str
     name: str
     status: str
     params: dict[str, str]
     metrics: dict[str, float]
+    data: str | None  # the data set it learnt from (data.name), None for a run without data params
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,7 @@ class Comparison:
         return ["run", "status", *self.params, *self.metrics]
 
     def to_markdown(self) -> str:
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
-        return "\n".join(lines) + "\n"
+        return markdown_table(self.columns, self.rows)
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -122,7 +127,7 @@ def _fit(
             break
         shown.remove(i)
     left_out = [headers[i] for i in sorted(set(text) - set(shown))]
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for i in shown:  # fixed widths: Rich squeezes no cell; only where even these are too wide do run names fold
         numeric = all(_is_number(row[i]) for row in rows)
         fixed = None if i == 0 and total() > width else column(i)
@@ -130,6 +135,13 @@ def _fit(
     for row in rows:
         table.add_row(*(Text(row[i]) for i in shown))  # Text: a `[name]` in a run name is not Rich markup
     return table, left_out
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table, numbers aligned right."""
+    align = ["---:" if all(_is_number(row[i]) for row in rows) else "---" for i in range(len(headers))]
+    lines = [headers, align, *rows]
+    return "".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |\n" for line in lines)
 
 
 def _is_number(cell: str) -> bool:
@@ -174,7 +186,20 @@ def resolve_metric(name: str, available: set[str]) -> str:
         endings = sorted(key for key in available if key.endswith(f"/{alias}"))
         if endings:
             return endings[0]
-    raise CnnpipeError(f"--metric: no run logged {name!r}; logged metrics: {', '.join(sorted(available))}")
+    raise CnnpipeError(f"--sort: no run logged {name!r}; logged metrics: {', '.join(sorted(available))}")
+
+
+def data_name(params: dict[str, str]) -> str | None:
+    """The data set a training learnt from, named as cnnpipe names experiments after it (data.name), from the
+    data.* params it logged; None for a run without them."""
+    if "data.source" not in params:
+        return None
+    path = params.get("data.path")
+    try:
+        classes = ast.literal_eval(params.get("data.classes", "[]"))
+        return DataConfig(source=params["data.source"], path=None if path == "None" else path, classes=classes).name
+    except (ValueError, SyntaxError):  # a source or layout of another cnnpipe version: its source names it
+        return params["data.source"]
 
 
 def trainings(runs: list[Run]) -> list[Training]:
@@ -196,19 +221,36 @@ def trainings(runs: list[Run]) -> list[Training]:
         merged = [run.data, *([newest.data] if newest else [])]
         rows.append(
             Training(
+                run.info.run_id,
                 run.info.run_name or run.info.run_id[:8],
                 run.info.status.lower(),
                 {key: value for data in merged for key, value in data.params.items()},
                 {key: value for data in merged for key, value in data.metrics.items()},
+                data_name(run.data.params),
             )
         )
     return rows
 
 
-def _format(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+def column_format(values: list[float | None]) -> list[str]:
+    """One format for a column, so that its decimals line up: accuracies, losses and the like at 4 decimals;
+    whole numbers, and columns reaching 1000 (images/s), without; a column of tiny values (a learning rate)
+    as 1.000e-05; no value as an empty cell."""
+    present = [value for value in values if value is not None and math.isfinite(value)]
+    if all(value.is_integer() for value in present) or max(map(abs, present), default=0) >= 1000:
+        pattern = "{:.0f}"
+    elif any(0 < abs(value) < 1e-4 for value in present):
+        pattern = "{:.3e}"
+    else:
+        pattern = "{:.4f}"
+    return ["" if value is None else pattern.format(value) for value in values]
+
+
+def differing(runs: list[Training]) -> list[str]:
+    """The params whose values differ between `runs`, sorted. A param only some runs have (an evaluation's, when
+    one run is not evaluated) differs only in its values."""
+    keys = sorted({key for run in runs for key in run.params})
+    return [key for key in keys if len({run.params[key] for run in runs if key in run.params}) > 1]
 
 
 def _runs(tracking_uri: str, experiment: str, key: str) -> list[Run]:
@@ -225,18 +267,46 @@ def _runs(tracking_uri: str, experiment: str, key: str) -> list[Run]:
         raise CnnpipeError(f"{key}: {tracking_uri}: {exc.message.strip().splitlines()[0]}") from None
 
 
-def compare(
-    tracking_uri: str,
-    experiment: str,
-    metric: str,
-    metrics: tuple[str, ...] = DEFAULT_METRICS,
-    key: str = "--tracking-uri",
-) -> Comparison:
-    """`key` names where tracking_uri came from (--tracking-uri, or mlflow.tracking_uri of the params file)."""
+def experiment_trainings(
+    tracking_uri: str, experiment: str, data: str | None = None, key: str = "--tracking-uri"
+) -> list[Training]:
+    """The trainings of `experiment` (of data set `data` only, when given). `key` names where tracking_uri
+    came from (--tracking-uri, or mlflow.tracking_uri of the params file)."""
     _check_store(tracking_uri, key)
     runs = trainings(_runs(tracking_uri, experiment, key))
     if not runs:
         raise CnnpipeError(f"--experiment: {experiment!r} at {tracking_uri} has no runs yet; run `dvc repro` first")
+    if data is None:
+        return runs
+    chosen = [run for run in runs if run.data == data]
+    if not chosen:
+        names = ", ".join(sorted({run.data for run in runs if run.data})) or "none its runs' params name"
+        raise CnnpipeError(f"--data: no training of experiment {experiment!r} learnt from {data!r}; data sets: {names}")
+    return chosen
+
+
+def pick(runs: list[Training], wanted: Sequence[str], experiment: str) -> list[Training]:
+    """The runs named in `wanted` (run names or ids), in that order; a name of no run or of several is refused."""
+    picked: dict[str, Training] = {}
+    for name in wanted:
+        found = [run for run in runs if name in (run.run_id, run.name)]
+        if len(found) > 1:
+            ids = ", ".join(run.run_id for run in found)
+            raise CnnpipeError(f"RUN {name!r}: {len(found)} runs of {experiment!r} have this name; give an id: {ids}")
+        if not found:
+            names = sorted(run.name for run in runs)
+            more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+            raise CnnpipeError(
+                f"RUN {name!r}: no training run of {experiment!r} has this name or id; runs: "
+                f"{', '.join(names[:LISTED])}{more}"
+            )
+        picked[found[0].run_id] = found[0]
+    return list(picked.values())
+
+
+def compare(runs: list[Training], metric: str, metrics: tuple[str, ...] = DEFAULT_METRICS) -> Comparison:
+    """`runs` best first by `metric` (ascending for a loss or time, else descending), with the params that
+    differ between them and the `metrics` any of them logged."""
     sort_key = resolve_metric(metric, {key for run in runs for key in run.metrics})
     descending = not any(word in sort_key for word in LOWER_IS_BETTER)
 
@@ -244,15 +314,12 @@ def compare(
         value = run.metrics.get(sort_key)
         return value is None, 0.0 if value is None else -value if descending else value  # no value: last
 
-    runs.sort(key=best_first)
-    keys = sorted({key for run in runs for key in run.params})
-    # A param only some runs have (an evaluation's, when one run is not evaluated) differs only in its values.
-    differing = [key for key in keys if len({run.params[key] for run in runs if key in run.params}) > 1]
+    runs = sorted(runs, key=best_first)
+    params = differing(runs)
     shown = [sort_key, *(m for m in metrics if m != sort_key and any(m in run.metrics for run in runs))]
+    columns = [column_format([run.metrics.get(key) for run in runs]) for key in shown]
     rows = [
-        [run.name, run.status]
-        + [run.params.get(key, "") for key in differing]
-        + [_format(run.metrics.get(key)) for key in shown]
-        for run in runs
+        [run.name, run.status, *(run.params.get(key, "") for key in params), *(column[row] for column in columns)]
+        for row, run in enumerate(runs)
     ]
-    return Comparison(differing, shown, rows, sort_key)
+    return Comparison(params, shown, rows, sort_key)

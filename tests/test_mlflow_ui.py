@@ -281,7 +281,8 @@ def test_the_saved_view_ranks_the_trainings_by_their_test_accuracy(ui):
 def test_the_saved_view_shows_both_trainings_pictures_without_their_parameters(ui):
     server, store = ui
     name = "mlflow-ui-10-view-charts-images.png"
-    html, text = look(view_url(server.url, store.experiment_id), name, window=(1600, 3200))
+    # MLflow draws only the cards on screen: a window tall enough for all of them
+    html, text = look(view_url(server.url, store.experiment_id), name, window=(1600, 4000))
     must_show(text, name, "Compare trainings")
     for chart in ("test/acc", "val/acc", "val/loss", "train/loss", "Parallel Coordinates"):
         must_show(text, name, chart)

@@ -143,8 +143,9 @@ def test_ddp_and_queued_experiments_log_at_once_and_a_restart_loses_nothing(tmp_
     training = start("dvc", "repro", cwd=repo)
     history = repo / "data/checkpoints/train_history.csv"
     rows = lambda: len(history.read_text().splitlines())  # noqa: E731
-    wait_until(lambda: len(trainings(client)) == 4, training)
-    (run_id,) = [r.info.run_id for r in trainings(client) if r.data.params["train.lr"] == "0.002"]
+    new = lambda: [r.info.run_id for r in trainings(client) if r.data.params.get("train.lr") == "0.002"]  # noqa: E731
+    wait_until(new, training)  # the run is created before its params are logged: wait for them
+    (run_id,) = new()
     wait_until(lambda: all(client.get_metric_history(run_id, key) for key in ("val/acc", "epoch_time")), training)
     team_server.stop()  # once epoch 0 is logged
     down_at = rows()

@@ -23,7 +23,7 @@ from rich.console import Console
 from cnnpipe.analysis import models
 from cnnpipe.analysis import report as fields
 from cnnpipe.config import TORCHVISION_STAND_IN
-from cnnpipe.tracking import report
+from cnnpipe.tracking import compare_report as report
 from cnnpipe.tracking.compare import PARENT_TAG, STAGE_TAG, compare, experiment_trainings
 from tests import browser
 from tests.faults import invoke, refused_and_kept

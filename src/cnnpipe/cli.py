@@ -158,7 +158,7 @@ def _compare(args: argparse.Namespace) -> None:
         from rich.text import Text
 
         from cnnpipe.console import console
-        from cnnpipe.tracking import report as reports
+        from cnnpipe.tracking import compare_report as reports
         from cnnpipe.tracking.compare import DEFAULT_METRICS, compare, experiment_trainings, pick
         from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
 

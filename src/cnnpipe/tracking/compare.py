@@ -1,7 +1,7 @@
 """`cnnpipe compare`: the runs of one experiment side by side, by the params that differ and their metrics.
 
 The MLflow UI compares runs too; this is the same view in a terminal, a CI log or a Markdown table (the report
-of named runs, with their curves and pictures, is tracking/report.py).
+of named runs, with their curves and pictures, is tracking/compare_report.py).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from cnnpipe.tracking.compare_view import IMAGES, VIEW_NAME, view_url
+from cnnpipe.tracking.compare_view import IMAGES, VIEW_ID, VIEW_NAME
 from cnnpipe.tracking.registry import DESCRIPTION
 from tests.browser import capture, capture_after, ensure_chromium, screenshot_dir, visible_text
 from tests.helpers import REPO, SMALL_RUN, run_cnnpipe, small_run_params, write_params
@@ -131,6 +131,11 @@ def experiment_url(server: MlflowServer, store: Store) -> str:
 
 def runs_url(server: MlflowServer, store: Store, *query: str) -> str:
     return f"{experiment_url(server, store)}/runs?{'&'.join((ML, *query))}"
+
+
+def view_url(server: MlflowServer, store: Store, *query: str) -> str:
+    """The runs page in cnnpipe's saved view, as MLflow's Views menu opens it."""
+    return runs_url(server, store, f"viewStateShareKey={VIEW_ID}", *query)
 
 
 def run_url(server: MlflowServer, store: Store, run_id: str) -> str:
@@ -266,7 +271,7 @@ def test_model_version_page_shows_alias_source_run_tags_and_description(ui):
 def test_the_saved_view_ranks_the_trainings_by_their_test_accuracy(ui):
     server, store = ui
     name = "mlflow-ui-9-view-runs-by-test-acc.png"
-    html, text = look(view_url(server.url, store.experiment_id).removesuffix("&compareRunsMode=CHART"), name)
+    html, text = look(view_url(server, store), name)
     must_show(text, name, VIEW_NAME)
     must_show(text, name, "Sort:", "test/acc")
     must_show(text, name, "Metrics", "Parameters")
@@ -282,7 +287,7 @@ def test_the_saved_view_shows_both_trainings_pictures_without_their_parameters(u
     server, store = ui
     name = "mlflow-ui-10-view-charts-images.png"
     # MLflow draws only the cards on screen: a window tall enough for all of them
-    html, text = look(view_url(server.url, store.experiment_id), name, window=(1600, 4000))
+    html, text = look(view_url(server, store, "compareRunsMode=CHART"), name, window=(1600, 4000))
     must_show(text, name, "Compare trainings")
     for chart in ("test/acc", "val/acc", "val/loss", "train/loss", "Parallel Coordinates"):
         must_show(text, name, chart)

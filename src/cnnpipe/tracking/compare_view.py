@@ -114,8 +114,3 @@ def _ensure_view(client: MlflowClient, experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(envelope))
     if PRIMARY_METRIC_TAG not in tags:
         client.set_experiment_tag(experiment_id, PRIMARY_METRIC_TAG, OBJECTIVE)
-
-
-def view_url(base: str, experiment_id: str) -> str:
-    """The view's address in the UI at `base` (http://host:port), as its Views menu opens it."""
-    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_ID}&compareRunsMode=CHART"

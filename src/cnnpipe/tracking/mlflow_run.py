@@ -333,7 +333,8 @@ def start_run(cfg: MlflowConfig, run_id: str | None = None) -> TrackedRun:
     except Exception as exc:  # noqa: BLE001 - the store broke after check_store: still one line
         raise unusable(uri, exc) from None
     tracked = TrackedRun(client, run.info.run_id, uri)
-    tracked.log_call("run colour", lambda: prepare_for_comparison(client, experiment_id, tracked.run_id))
+    prepare = lambda: prepare_for_comparison(client, experiment_id, tracked.run_id)  # noqa: E731
+    tracked.log_call("the run colour and the experiment's compare view", prepare)
     return tracked
 
 

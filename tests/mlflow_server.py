@@ -27,6 +27,7 @@ class MlflowServer:
     port: int
     process: subprocess.Popen | None = None
     backend: str | None = None  # a backend store URI; None: SQLite in `root`
+    app: str | None = None  # `mlflow server --app-name`, such as basic-auth
 
     @property
     def url(self) -> str:
@@ -46,6 +47,7 @@ class MlflowServer:
             str(self.port),
             "--workers",
             "1",
+            *(["--app-name", self.app] if self.app else []),
         ]
         log = (self.root / "server.log").open("a")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -271,7 +271,11 @@ def test_a_write_that_fails_leaves_no_half_file(tmp_path, monkeypatch):
     from cnnpipe.inference import predict
 
     target = tmp_path / "p.csv"
-    monkeypatch.setattr(Path, "write_text", lambda self, text: (_ for _ in ()).throw(OSError(28, "No space left")))
+
+    def full(self, text, **options):
+        raise OSError(28, "No space left")
+
+    monkeypatch.setattr(Path, "write_text", full)
     with pytest.raises(CnnpipeError, match="cannot write .*p.csv: No space left"):
         predict.write(target, "x" * 1000)
     assert list(tmp_path.iterdir()) == []

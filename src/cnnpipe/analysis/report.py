@@ -102,7 +102,8 @@ def describe(network: nn.Module, images: torch.Tensor, folder: Path) -> Descript
     except CnnpipeError as exc:  # e.g. attention layers: the run goes on, and says why nothing is shown
         result.tags["receptive_field.unavailable"] = str(exc)
         return result
-    text = Console(record=True, width=140, file=io.StringIO())  # recorded for the artifact, not shown
+    # recorded for the artifact, not shown; a layer's name is no markup
+    text = Console(record=True, width=140, file=io.StringIO(), markup=False, emoji=False)
     text.print(to_table(layers, title=f"Receptive field, input {list(input_shape)}"))
     table = text.export_text()
     for name, content in (("receptive_field.json", to_json(layers, input_shape)), ("receptive_field.txt", table)):

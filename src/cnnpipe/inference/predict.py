@@ -155,10 +155,11 @@ def render(outcome: Outcome, classifier: Classifier, fmt: str, top_k: int) -> st
 
 
 def write(path: Path, text: str) -> None:
-    """In one piece: a temporary file beside `path`, renamed over it once complete; on failure nothing is left."""
+    """In one piece: a temporary file beside `path`, renamed over it once complete; on failure nothing is left.
+    A file name that is no UTF-8 is written as the bytes it is (surrogateescape, as Python read it)."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        temporary.write_text(text)
+        temporary.write_text(text, errors="surrogateescape")
         os.replace(temporary, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

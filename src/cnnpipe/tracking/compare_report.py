@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnpipe import plots
 from cnnpipe.analysis import report as field_tables
+from cnnpipe.console import printable
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.outputs import replaced_atomically, write_atomically
 from cnnpipe.tracking.compare import Training, column_format, differing, markdown_table
@@ -148,14 +149,20 @@ h3, figcaption { font-weight: 600; margin: 4px 0 }
 """
 
 
+def _escape(text: str, quote: bool = True) -> str:
+    """HTML of a store's text, its control characters escaped as a terminal shows them: HTML holds none (each is
+    a parse error), a bidi override would turn the text after it, and a terminal showing the .md obeys an ESC."""
+    return html.escape(printable(text), quote)
+
+
 def _ids(report: Report) -> str:
     pairs = zip(report.runs, report.ids, strict=True)
     return "MLflow run ids: " + ", ".join(f"{run} {run_id}" for run, run_id in pairs)
 
 
 def _html_table(headers: list[str], rows: list[list[str]], numbers: bool = False) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{_escape(cell)}</th>" for cell in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     kind = ' class="numbers"' if numbers else ""
     return f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -169,20 +176,20 @@ def _html(report: Report, curves: dict[str, Path], kernels: list[Path | None]) -
         return f'<div class="side">{"".join(items)}</div>'
 
     def figure(path: Path | None, alt: str, caption: str = "") -> str:
-        inside = f'<img src="{_data_uri(path)}" alt="{html.escape(alt)}">' if path else "<p>not logged</p>"
-        return f"<figure>{caption and f'<figcaption>{html.escape(caption)}</figcaption>'}{inside}</figure>"
+        inside = f'<img src="{_data_uri(path)}" alt="{_escape(alt)}">' if path else "<p>not logged</p>"
+        return f"<figure>{caption and f'<figcaption>{_escape(caption)}</figcaption>'}{inside}</figure>"
 
     rf = [
-        f"<section><h3>{html.escape(run)}</h3>"
+        f"<section><h3>{_escape(run)}</h3>"
         + (_html_table(list(field_tables.COLUMNS), table) if table else f"<p>no {FIELD_FILE} logged</p>")
         + "</section>"
         for run, table in zip(report.runs, report.fields, strict=True)
     ]
     parts = [
         f'<!doctype html><html><head><meta charset="utf-8"><meta name="generator" content="{MARK}">',
-        f"<title>{html.escape(report.title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{html.escape(report.title)}</h1>",
-        f"<p>{html.escape(_ids(report))}</p>",
+        f"<title>{_escape(report.title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{_escape(report.title)}</h1>",
+        f"<p>{_escape(_ids(report))}</p>",
         "<h2>Params that differ</h2>",
         _html_table(["param", *report.runs], report.params) if report.params else "<p>none: the same params</p>",
         "<h2>Metrics</h2>",
@@ -202,7 +209,7 @@ def _markdown(report: Report, curves: dict[str, Path], kernels: list[Path | None
     """GitHub Markdown; text escaped as HTML, which Markdown passes through."""
 
     def text(value: str) -> str:
-        return html.escape(value, quote=False)
+        return _escape(value, quote=False)
 
     def link(path: Path, alt: str) -> str:
         return f"![{alt}]({pictures_folder(output).name}/{path.name})"

@@ -28,6 +28,7 @@ from cnnpipe.tracking.mlflow_run import (
     unusable,
 )
 from cnnpipe.tracking.run_record import RunRecord
+from cnnpipe.uris import mask_uri
 
 TRAIN_RUN_TAG = "cnnpipe.train_run_id"  # on an evaluation run: the training it evaluated
 EVALUATION_RUN_TAG = "cnnpipe.evaluation_run_id"  # on a training run: its latest evaluation
@@ -43,7 +44,7 @@ def _store(record: RunRecord, source: Path) -> str:
         relative = not record.tracking_uri.startswith(SQLITE + "/")
         if problem := sqlite_problem(Path(uri.removeprefix(SQLITE)), create=relative):
             raise CnnpipeError(
-                f"{source}: the tracking store {record.tracking_uri} cannot be used here ({problem}); "
+                f"{source}: the tracking store {mask_uri(record.tracking_uri)} cannot be used here ({problem}); "
                 "train with a store this machine has: `dvc repro train`"
             )
     return uri
@@ -74,8 +75,8 @@ class EvaluationStore:
         if self.training is not None:
             return None
         return (
-            f"MLflow run {self.record.run_id} (the training) is not in {self.client.tracking_uri}: it was logged "
-            f"elsewhere; this evaluation is a run of its own, tagged {TRAIN_RUN_TAG}"
+            f"MLflow run {self.record.run_id} (the training) is not in {mask_uri(self.client.tracking_uri)}: it was "
+            f"logged elsewhere; this evaluation is a run of its own, tagged {TRAIN_RUN_TAG}"
         )
 
     def start(self) -> TrackedRun:
@@ -109,8 +110,27 @@ def report_to_training(training: TrackedRun, evaluation: TrackedRun, metrics: di
     training.set_tag(EVALUATION_RUN_TAG, evaluation.run_id)
 
 
+def _check_training(run: Run, source: Path) -> None:
+    """run.json names a training: an evaluation's run, or a run deleted in the store, would take this model's
+    evaluation (and export's files) as if it were the training that made it."""
+    run_id = run.info.run_id
+    if trained := run.data.tags.get(TRAIN_RUN_TAG):
+        raise CnnpipeError(
+            f"{source}: MLflow run {run_id} is an evaluation (of training run {trained}), not a training; "
+            "rerun `dvc repro train` to write the training's run.json"
+        )
+    if run.info.lifecycle_stage == "deleted":
+        raise CnnpipeError(
+            f"{source}: MLflow run {run_id} is deleted in the tracking store; restore it with "
+            f"`mlflow runs restore --run-id {run_id}`, or train anew: `dvc repro train`"
+        )
+
+
 def evaluation_store(record: RunRecord, source: Path) -> EvaluationStore:
     """Checks the store `source` (run.json) names and looks up the training run in it."""
     uri = _store(record, source)
     client = MlflowClient(tracking_uri=uri)
-    return EvaluationStore(client, record, _training_run(client, record.run_id, uri))
+    training = _training_run(client, record.run_id, uri)
+    if training is not None:
+        _check_training(training, source)
+    return EvaluationStore(client, record, training)

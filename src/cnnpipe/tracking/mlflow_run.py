@@ -11,6 +11,7 @@ recorded, the checkpoints stay on disk, and the run is told afterwards what it i
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import platform
 import random
@@ -18,17 +19,20 @@ import re
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import yaml
 from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
+from mlflow.store.db import db_types
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from PIL import Image
 from pydantic import BaseModel
@@ -39,6 +43,7 @@ from cnnpipe.console import note, warn
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.tracking import relocate
 from cnnpipe.tracking.compare_view import prepare_for_comparison
+from cnnpipe.uris import credentials_hint, mask_uri
 
 # MLflow retries a failed request 7 times with exponential back-off (minutes per call); a training whose
 # server went away should lose seconds, not hours. Set these variables yourself to override.
@@ -47,6 +52,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 UNLOGGED_TAG = "cnnpipe.unlogged"
 MLFLOW_TABLES = {"experiments", "runs"}  # what makes an SQLite file an MLflow store
+DATABASE_SERVERS = {db_types.POSTGRES, db_types.MYSQL, db_types.MSSQL}  # MLflow's SQL stores that must answer
+# MLflow's SQL store logs every database error with its traceback, then raises it (15 tracebacks when the disk of a
+# SQLite store filled during a training): TrackedRun._try, and the system metrics monitor, say what it raises in one
+# line each.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 SQLITE = "sqlite:///"
@@ -78,25 +88,73 @@ def follow_moved_store(uri: str, experiment: str) -> None:
         note(moved)
 
 
-def _health(uri: str, timeout: float) -> str | None:
-    """None when the tracking store answers, else why not. Local stores (sqlite, files) always answer."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))
+def _health(uri: str, timeout: float) -> CnnpipeError | None:
+    """None when the tracking store answers, else the one line that says why not. A server is asked for /health
+    as MLflow's own client asks it (MLFLOW_TRACKING_USERNAME and _PASSWORD or _TOKEN, the TLS settings: a proxy in
+    front of it may guard /health too), a database server for one connection (MLflow retries one for 100 s, with
+    a warning each time); local stores (sqlite, files) always answer."""
+    scheme = uri.partition("://")[0].lower()
+    if scheme in ("http", "https"):
+        return _server_health(uri, timeout)
+    if scheme.partition("+")[0] in DATABASE_SERVERS:
+        return _database_health(uri, timeout)
     return None
 
 
+def _server_health(uri: str, timeout: float) -> CnnpipeError | None:
+    try:
+        response = http_request(
+            get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout, raise_on_status=False
+        )
+    except MlflowException as exc:  # nothing answered: refused, no such host, a timeout, TLS
+        return _no_server(uri, _reason(exc))
+    if response.status_code == HTTPStatus.UNAUTHORIZED:
+        return needs_credentials(uri)
+    return None if response.ok else _no_server(uri, response.reason)
+
+
+def _database_health(uri: str, timeout: float) -> CnnpipeError | None:
+    import sqlalchemy  # MLflow's own SQL layer; imported only for a database server
+
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+        wait = {"connect_timeout": max(1, round(timeout))} if url.get_backend_name() in ("postgresql", "mysql") else {}
+        with sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=wait).connect():
+            pass
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # refused, a password missing, no driver installed
+        return unusable(uri, getattr(exc, "orig", None) or exc)
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause in one line: sqlite3's `database or disk is full`, `[Errno 111] Connection refused`,
+    not the SQL statement or the retries that SQLAlchemy, requests, urllib3 and MLflow wrap around it."""
+    while (inner := exc.__cause__ or exc.__context__) is not None and str(inner):
+        exc = inner
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _no_server(uri: str, reason: str) -> CnnpipeError:
+    return CnnpipeError(
+        f"mlflow.tracking_uri: no MLflow tracking server answers at {mask_uri(uri)} ({mask_uri(reason)}); "
+        "start it, or use sqlite:///mlflow.db for a local store"
+    )
+
+
+def needs_credentials(uri: str) -> CnnpipeError:
+    """A server that answers 401: the credentials MLflow sends, from the environment, are missing or wrong."""
+    creds = get_default_host_creds(uri)
+    what = "refuses the credentials set" if creds.username or creds.token else "needs credentials"
+    return CnnpipeError(
+        f"mlflow.tracking_uri: the MLflow server at {mask_uri(uri)} {what} (401); set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+    )
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fails fast, before any training, when a tracking server does not answer."""
-    if (reason := _health(uri, timeout)) is not None:
-        raise CnnpipeError(
-            f"mlflow.tracking_uri: no MLflow tracking server answers at {uri} ({reason}); "
-            "start it, or use sqlite:///mlflow.db for a local store"
-        ) from None
+    """Fails fast, before any training, when a tracking server or database does not answer."""
+    if (refusal := _health(uri, timeout)) is not None:
+        raise refusal
 
 
 def sqlite_problem(path: Path, create: bool) -> str | None:
@@ -120,11 +178,16 @@ def sqlite_problem(path: Path, create: bool) -> str | None:
 
 
 def unusable(uri: str, exc: Exception | str) -> CnnpipeError:
-    reason = " ".join(str(exc).split())[:200]
-    return CnnpipeError(
-        f"mlflow.tracking_uri: cannot use the tracking store {uri} ({reason}); valid: sqlite:///FILE.db, "
-        "postgresql://USER@HOST/DB or the http(s):// address of an MLflow server"
+    """The store refused or failed: a password it wants is named with where it goes, never shown."""
+    if isinstance(exc, MlflowException) and exc.get_http_status_code() == HTTPStatus.UNAUTHORIZED:
+        return needs_credentials(uri)
+    reason = " ".join(mask_uri(str(exc)).split())[:200]
+    advice = (
+        credentials_hint(uri)
+        if "password" in reason.lower()
+        else "valid: sqlite:///FILE.db, postgresql://USER@HOST/DB or the http(s):// address of an MLflow server"
     )
+    return CnnpipeError(f"mlflow.tracking_uri: cannot use the tracking store {mask_uri(uri)} ({reason}); {advice}")
 
 
 def check_store(cfg: MlflowConfig) -> None:
@@ -222,6 +285,8 @@ def run_tags(entry_point: str) -> dict[str, str]:
     return tags
 
 
+
+
 @dataclass
 class TrackedRun:
     client: MlflowClient
@@ -238,7 +303,7 @@ class TrackedRun:
             call()
         except Exception as exc:  # noqa: BLE001 - MlflowException, requests' and OS errors alike: none may stop training
             if not self.unlogged:
-                warn(f"MLflow: could not log {what} to {self.tracking_uri}: {str(exc).splitlines()[0][:200]}")
+                warn(f"MLflow: could not log {what} to {mask_uri(self.tracking_uri)}: {mask_uri(_reason(exc))}")
             self.unlogged.append(what)
             return False
         return True
@@ -292,7 +357,7 @@ class TrackedRun:
 
     def report_unlogged(self) -> None:
         """Tells the run (when it can be reached) and the console what never got logged."""
-        missing = list(self.unlogged)
+        missing = list(dict.fromkeys(self.unlogged))  # once each: a step's metrics fail in several calls
         if not missing:
             return
         warn(f"MLflow run {self.run_id} is missing {len(missing)} item(s): {', '.join(missing)[:500]}")
@@ -303,8 +368,15 @@ class TrackedRun:
         self.finish("KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
-        self._try("run status", lambda: self.client.set_terminated(self.run_id, status))
+        """Ends the run `status`; one the store does not take (full, gone) is named with what ends it later."""
+        ended = self._try("run status", lambda: self.client.set_terminated(self.run_id, status))
         self.report_unlogged()
+        if not ended:
+            warn(
+                f"MLflow run {self.run_id} could not be ended {status}: it shows RUNNING until the store takes writes "
+                f"again and `cnnpipe evaluate` ends a training's run, or MlflowClient('{mask_uri(self.tracking_uri)}')"
+                f".set_terminated('{self.run_id}', '{status}') ends any run"
+            )
 
 
 def experiment_id_for(client: MlflowClient, name: str) -> str:

@@ -118,7 +118,11 @@ def test_a_decompression_bomb_is_refused_from_its_header(root):
 
 
 def test_an_image_over_a_lowered_pixel_limit_is_refused(root):
-    refused(root, "data.path", "64 pixels", "data.limits.max_image_pixels (50)", limits={"max_image_pixels": 50})
+    refused(root, "data.path", "64 pixels", "max_image_pixels (50)", limits={"max_image_pixels": 50}, image_size=[7, 7])
+
+
+def test_an_image_size_over_the_pixel_limit_is_refused_before_any_image_is_read(root):  # resized to it, all of them
+    refused(root, "data.image_size", "max_image_pixels", image_size=[100_000, 100_000])
 
 
 @pytest.mark.parametrize("name", ["cut.png", "cut.jpg"])
@@ -135,6 +139,22 @@ def test_an_empty_image_file_is_refused(root):
 def test_a_class_folder_that_is_a_broken_link_is_refused(root):
     (root / "pets/emu").symlink_to(root / "gone")
     refused(root, "data.path", f"{root / 'pets/emu'} is a broken symbolic link")
+
+
+def test_a_linked_subfolder_in_a_class_folder_is_pulled_with_its_images(root, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    make_image_folder(elsewhere, per_class=3, size=(8, 8))
+    (root / "pets/cat/more").symlink_to(elsewhere / "cat")
+    before = json.loads((root / "data/pulled/manifest.json").read_text())
+    write_pull_params(root)
+    pulled(root)
+    after = json.loads((root / "data/pulled/manifest.json").read_text())
+    assert sum(after["counts"].values()) == sum(before["counts"].values()) + 3, "FAULT-SILENT: the linked images"
+
+
+def test_a_link_to_a_folder_it_is_in_is_refused(root):
+    (root / "pets/cat/loop").symlink_to(root / "pets")
+    refused(root, "data.path", "pets/cat/loop", "a loop")
 
 
 def test_an_image_that_is_a_broken_link_is_refused(root):

@@ -72,16 +72,15 @@ def writable_suffixes() -> list[str]:
     return sorted(suffix for suffix, name in extensions.items() if name in Image.SAVE and _saves(blank, name))
 
 
-def check_output(path: Path, image: Path) -> None:
-    """Before any pixel is computed: a name PIL cannot save would fail after the work, and IMAGE would be lost."""
+def check_output(path: Path) -> None:
+    """Before any pixel is computed: a name PIL cannot save would fail after the work. (That IMAGE is not written
+    over is the CLI's rule for every --output, in outputs.py.)"""
     suffixes = writable_suffixes()
     if path.suffix.lower() not in suffixes:
         raise CnnpipeError(
             f"--output: PIL cannot write {repr(path.suffix) if path.suffix else 'a name without an extension'}; "
             f"use .png or another extension it writes: {', '.join(suffixes)}"
         )
-    if path.resolve() == image.resolve():
-        raise CnnpipeError(f"--output: {path} is IMAGE itself; the feature map would overwrite the image it shows")
 
 
 def encode_feature_map(feature_map: np.ndarray, suffix: str) -> bytes:

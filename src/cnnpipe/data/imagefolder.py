@@ -82,25 +82,35 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _files(class_dir: Path) -> list[tuple[tuple[str, ...], str]]:
-    """(parts below `class_dir`, path) of every file at any depth, sorted by parts as pathlib sorts paths; links to
-    folders are not followed. os.scandir's entries know their type without a stat: a million files list in
-    seconds, where pathlib takes minutes."""
-    found, folders = [], [((), str(class_dir))]
+    """(parts below `class_dir`, path) of every file at any depth, sorted by parts as pathlib sorts paths. A link to
+    a folder is followed, as a linked class folder is (skipping it would drop its images without a word); one back
+    to a folder it is in would never end, and is refused. os.scandir's entries know their type without a stat: a
+    million files list in seconds, where pathlib takes minutes."""
+    found, folders = [], [((), str(class_dir), {_identity(class_dir)})]
     while folders:
-        parts, folder = folders.pop()
+        parts, folder, ancestors = folders.pop()
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     if entry.is_symlink() and not os.path.exists(entry.path):
                         raise _broken(entry.path)
                     if entry.is_dir():
-                        if not entry.is_symlink():
-                            folders.append(((*parts, entry.name), entry.path))
+                        if (identity := _identity(entry.path)) in ancestors:  # a stat per folder, not per file
+                            raise CnnpipeError(
+                                f"{KEY}: {entry.path} is a link to {os.path.realpath(entry.path)}, a folder it is in "
+                                "(a loop); remove the link"
+                            )
+                        folders.append(((*parts, entry.name), entry.path, ancestors | {identity}))
                     elif entry.is_file():
                         found.append(((*parts, entry.name), entry.path))
         except OSError as exc:
             raise _unlistable(folder, exc) from None
     return sorted(found)
+
+
+def _identity(path: Path | str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_ino, status.st_dev
 
 
 def _is_image(parts: tuple[str, ...], extensions: set[str]) -> bool:

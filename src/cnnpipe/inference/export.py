@@ -174,12 +174,15 @@ def verify(
     return Verification(len(images), worst, agree / len(images), tolerance)
 
 
-def checked(fmt: str, path: Path, result: Verification) -> dict:
-    """The verification as export.json records it, or one line saying the file differs from PyTorch."""
+def checked(fmt: str, shown: Path, result: Verification) -> dict:
+    """The verification as export.json records it, or one line naming the setting that refused the file and where
+    it would have gone (`shown`; it was written to a staging path the person never sees)."""
     if not result.passed:
+        way_out = f"; raise it above {result.max_abs_diff:.2e} if that difference is acceptable"
         raise CnnpipeError(
-            f"export: {path} ({fmt}) answers {result.images} images differently from PyTorch: max |Δprob| "
-            f"{result.max_abs_diff:.2e} (allowed {result.tolerance:g}), top-1 agreement {result.top1_agreement:.4f} "
-            "(1 required); nothing was written"
+            f"export.tolerance: {shown} ({fmt}) answers {result.images} real images differently from PyTorch: "
+            f"max |Δprob| {result.max_abs_diff:.2e} against export.tolerance {result.tolerance:g}, top-1 agreement "
+            f"{result.top1_agreement:.4f} (1 required); nothing was written"
+            + (way_out if result.top1_agreement == 1 else "")
         )
     return asdict(result)

@@ -7,12 +7,15 @@ its checks (members outside the folder, data.limits), into a temporary folder th
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from cnnpipe.config import ARCHIVE_SUFFIXES, LimitsConfig
+from cnnpipe.console import warn
 from cnnpipe.data.archive import extract
 from cnnpipe.errors import CnnpipeError
 
@@ -28,7 +31,7 @@ class ImageFile:
 @dataclass(frozen=True)
 class Found:
     images: list[ImageFile]
-    broken: list[tuple[str, str]]  # (name, reason): found, but no file to read (a broken link)
+    broken: list[tuple[str, str]]  # (name, reason): found, but no file to read (a broken link, a named pipe)
     skipped: dict[str, int]  # folder or archive -> its non-image files, skipped
 
 
@@ -40,23 +43,58 @@ def _is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def _not_regular(path: Path) -> str | None:
+    """Why `path` is no file to read, or None, from its status alone: opening a named pipe waits for a writer,
+    forever, and a device reads on without end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return "a broken symbolic link" if path.is_symlink() and not path.exists() else exc.strerror or str(exc)
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"not a regular file ({kind})"
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_dev, status.st_ino
+
+
+def _files(folder: Path, shown: str) -> list[Path]:
+    """Every file under `folder`, sorted, hidden ones left out. Links to folders are followed, as `pull` follows
+    a linked class folder; a link back to a folder it is in would be walked forever: it is skipped with a warning."""
+    files, pending = [], [(folder, {_identity(folder)})]
+    while pending:
+        current, ancestors = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = [Path(entry.path) for entry in listing if not entry.name.startswith(".")]
+            for entry in entries:
+                if entry.name == "__MACOSX":
+                    continue
+                if not entry.is_dir():
+                    files.append(entry)
+                elif (identity := _identity(entry)) in ancestors:
+                    name = f"{shown.rstrip('/')}/{entry.relative_to(folder).as_posix()}"
+                    warn(f"{KEY}: skipped {name}: a link to {os.path.realpath(entry)}, a folder it is in (a loop)")
+                else:
+                    pending.append((entry, ancestors | {identity}))
+        except OSError as exc:
+            raise CnnpipeError(f"{KEY}: cannot list {exc.filename or current}: {exc.strerror or exc}") from None
+    return sorted(files)
+
+
 def _walk(folder: Path, shown: str, images: list[ImageFile], found: Found) -> None:
     """Every image under `folder`, sorted, reported as `shown`/RELATIVE."""
     suffixes = image_suffixes()
-    try:
-        entries = sorted(folder.rglob("*"))
-    except OSError as exc:
-        raise CnnpipeError(f"{KEY}: cannot list {exc.filename or folder}: {exc.strerror or exc}") from None
     skipped = 0
-    for entry in entries:
-        relative = entry.relative_to(folder)
-        if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts) or entry.is_dir():
-            continue
-        name = f"{shown.rstrip('/')}/{relative.as_posix()}"
+    for entry in _files(folder, shown):
+        name = f"{shown.rstrip('/')}/{entry.relative_to(folder).as_posix()}"
         if entry.suffix.lower() not in suffixes:
             skipped += 1
-        elif not entry.is_file():
-            found.broken.append((name, "a broken symbolic link" if entry.is_symlink() else "not a regular file"))
+        elif reason := _not_regular(entry):
+            found.broken.append((name, reason))
         else:
             images.append(ImageFile(name, entry))
     if skipped:
@@ -76,6 +114,8 @@ def collect(inputs: list[str], scratch: Path, limits: LimitsConfig) -> Found:
             _walk(path, given, images, found)
         elif not path.exists():
             raise CnnpipeError(f"{KEY}: {given} does not exist")
+        elif reason := _not_regular(path):  # listed and skipped, as an unreadable image is
+            found.broken.append((given, reason))
         elif _is_archive(path):
             try:  # names are the members' own: ARCHIVE/FOLDER/NAME.png, so the whole extraction is walked
                 extract(path, scratch / str(number), limits, given)

@@ -25,10 +25,11 @@ from cnnpipe.inference import export
 from cnnpipe.inference.model import Classifier, from_checkpoint
 from cnnpipe.outputs import replaced_atomically
 from cnnpipe.paths import Paths
-from cnnpipe.tracking.evaluation_store import evaluation_store
+from cnnpipe.tracking.evaluation_store import EvaluationStore, evaluation_store
 from cnnpipe.tracking.mlflow_model import log_exports
 from cnnpipe.tracking.mlflow_run import TrackedRun
 from cnnpipe.tracking.run_record import RunRecord
+from cnnpipe.uris import mask_uri
 
 RECORD = "export.json"
 
@@ -72,7 +73,7 @@ def _export(fmt: str, model: Classifier, path: Path, images: np.ndarray, params:
     else:
         export.to_torchscript(model.predictor, model.shape, path, meta)
     result = export.verify(export.runtime(fmt, path), model.probabilities, images, cfg.batch_size, cfg.tolerance)
-    entry["verification"] = export.checked(fmt, path, result)
+    entry["verification"] = export.checked(fmt, shown, result)
     entry["bytes"] = path.stat().st_size
     entry["seconds"] = round(time.perf_counter() - started, 2)
     opset = f" (opset {entry['opset']})" if "opset" in entry else ""
@@ -83,14 +84,12 @@ def _export(fmt: str, model: Classifier, path: Path, images: np.ndarray, params:
     return entry
 
 
-def _log(paths: Paths, folder: Path, formats: list[str], model: Classifier, images: np.ndarray) -> None:
+def _log(store: EvaluationStore, folder: Path, formats: list[str], model: Classifier, images: np.ndarray) -> None:
     """Into the training's MLflow run (data/train/run.json): the files under export/, ONNX also as a model."""
-    run_file = paths.trained / "run.json"
-    store = evaluation_store(RunRecord.read(run_file), run_file)
     if store.training is None:
         warn(
-            f"MLflow run {store.record.run_id} (the training) is not in {store.client.tracking_uri}: it was logged "
-            "elsewhere; the exported files are not logged"
+            f"MLflow run {store.record.run_id} (the training) is not in {mask_uri(store.client.tracking_uri)}: it was "
+            "logged elsewhere; the exported files are not logged"
         )
         return
     run = TrackedRun(store.client, store.record.run_id, store.client.tracking_uri)
@@ -116,6 +115,8 @@ def run(params: Params, paths: Paths = Paths(), fmt: str | None = None, output: 
                 leftover.unlink()
             temporary.rmdir()
         return {formats[0]: entry}
+    run_file = paths.trained / "run.json"
+    store = evaluation_store(RunRecord.read(run_file), run_file)  # a run file naming no training stops us here
     record: dict = {"model": str(checkpoint), "classes": model.classes, "input": list(model.shape), "formats": {}}
     with replaced_atomically(paths.exported) as staging:
         for name in formats:
@@ -123,5 +124,5 @@ def run(params: Params, paths: Paths = Paths(), fmt: str | None = None, output: 
             record["formats"][name] = _export(name, model, staging / file, images, params, paths.exported / file)
         record["torch"] = torch.__version__
         (staging / RECORD).write_text(json.dumps(record, indent=2))
-    _log(paths, paths.exported, formats, model, images)
+    _log(store, paths.exported, formats, model, images)
     return record

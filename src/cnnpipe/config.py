@@ -11,11 +11,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NoReturn, get_args
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +31,7 @@ from pydantic import (
 
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.layers import LAYER_PRESETS, LAYER_TYPES, MODULE_PRESETS, PRESETS, TORCHVISION_PREFIX, LayerSpec
+from cnnpipe.uris import mask_uri, password_refusal
 
 DEFAULT_PARAMS = Path("params.yaml")
 Fraction = Annotated[float, Field(gt=0, le=1)]  # of the batches, as Lightning's limit_*_batches take it
@@ -39,6 +41,35 @@ SOURCES = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "archive")
 TORCHVISION_STAND_IN = "src/cnnpipe/data/torchvision.md"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # what pull and predict unpack
 MAX_NAME = 100  # characters of a name made from the data; a longer one ends in a hash of the whole
+# Bounds where a library would take a bigger number and then fail deep inside, or hang.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 2**63 - 1  # sys.maxsize
+# A process or thread per core of the largest single machines (2 x 192-core AMD EPYC with SMT: 768): more only
+# share the same cores (train.num_workers: 10**30 forks DataLoader workers without end; threads overflow torch).
+MAX_WORKERS = 1024
+# Rows of a picture grid (plots.image_grid): matplotlib draws about 5 rows a second (100 rows of 6: 19 s, AMD EPYC,
+# 2 cores); its own limit, 2^23 pixels a side, would allow 42,000 rows (hours).
+MAX_GRID_ROWS = 200
+
+
+def _at_most(limit: int, why: str) -> AfterValidator:
+    """An upper bound whose error says why; pydantic's own `le` names the number only."""
+
+    def check(value: int) -> int:
+        if value > limit:
+            raise ValueError(f"at most {limit:,}: {why}")
+        return value
+
+    return AfterValidator(check)
+
+
+Seed = Annotated[int, Field(ge=0), _at_most(MAX_SEED, "numpy's seeds, and so Lightning's, are 32-bit")]
+Count = Annotated[int, Field(ge=1), _at_most(MAX_COUNT, "itertools batches, and MLflow logs steps, in 64-bit integers")]
+_PROCESSES = _at_most(MAX_WORKERS, "more processes or threads than the largest machines' 768 cores only share them")
+Workers = Annotated[int, Field(ge=1), _PROCESSES]
+_DRAWN = "and matplotlib draws about 5 rows of a grid a second"
+PreviewRows = Annotated[int, Field(ge=1), _at_most(MAX_GRID_ROWS, f"a row each, {_DRAWN}")]
+GridImages = Annotated[int, Field(ge=0), _at_most(6 * MAX_GRID_ROWS, f"6 a row, {_DRAWN}")]
 
 
 def name_of(text: str) -> str:
@@ -50,7 +81,8 @@ def name_of(text: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinity or NaN in any float: an infinite learning rate trains to garbage with exit code 0.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LimitsConfig(_Section):
@@ -83,7 +115,7 @@ class DataConfig(_Section):
     classes: list[str] = Field(default_factory=list, description="keep only these classes; empty keeps all")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     limits: LimitsConfig = LimitsConfig()
-    workers: PositiveInt | None = Field(None, description="processes that decode image files; default: all cores")
+    workers: Workers | None = Field(None, description="processes that decode image files; default: all cores")
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataConfig:
@@ -92,6 +124,12 @@ class DataConfig(_Section):
             raise ValueError(f"data.path is required when data.source is '{self.source}': set it to {what}")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("data.classes lists a class twice")
+        if self.image_size and self.image_size[0] * self.image_size[1] > self.limits.max_image_pixels:
+            # every image is resized to it and the store holds them all: bounded as a source image is
+            raise ValueError(
+                f"data.image_size {list(self.image_size)} is {self.image_size[0] * self.image_size[1]:,} pixels, "
+                f"more than data.limits.max_image_pixels ({self.limits.max_image_pixels:,}); make it smaller"
+            )
         return self
 
     @property
@@ -115,8 +153,8 @@ class AugmentConfig(_Section):
     transforms: list[dict[str, dict[str, Any]]] = Field(default_factory=list)
     copies: NonNegativeInt = Field(0, description="seeded augmented copies of the training set stored on disk")
     online: bool = Field(True, description="also augment on the fly in the training DataLoader")
-    preview: PositiveInt = Field(8, description="images in the preview grid")
-    workers: PositiveInt | None = Field(None, description="processes for the copies; default: all cores")
+    preview: PreviewRows = Field(8, description="images in the preview grid, a row each")
+    workers: Workers | None = Field(None, description="processes for the copies; default: all cores")
 
     @field_validator("transforms", mode="before")
     @classmethod
@@ -167,7 +205,7 @@ class ModelConfig(_Section):
     """The CNN body as a list of layers (the head is appended from the number of classes), a preset, or the
     user's own nn.Module (`model.class`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # merged with _Section's
 
     preset: str | None = Field(
         None, description=f"{', '.join(PRESETS)} or {TORCHVISION_PREFIX}NAME; replaces `layers` when set"
@@ -242,8 +280,8 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     """The Lightning Trainer and optimiser (the `train` stage)."""
 
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = Field(128, description="per device")
+    epochs: Count = 20
+    batch_size: Count = Field(128, description="per device")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: PositiveFloat = 0.003
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -254,7 +292,7 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16-mixed where the CPU or GPU has bf16 units, else 32-true"
     )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: PositiveInt | Annotated[list[NonNegativeInt], Field(min_length=1)] | Literal["auto"] = "auto"
+    devices: Workers | Annotated[list[NonNegativeInt], Field(min_length=1)] | Literal["auto"] = "auto"
     num_nodes: PositiveInt = 1
     # ddp_spawn is left out: it pickles the trainer into new processes and hands back only the weights.
     strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = "auto"
@@ -262,7 +300,7 @@ class TrainConfig(_Section):
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="NHWC memory format; auto: on a CPU, and on a GPU with 16-bit precision"
     )
-    num_workers: NonNegativeInt | Literal["auto"] = Field(
+    num_workers: Annotated[int, Field(ge=0), _PROCESSES] | Literal["auto"] = Field(
         "auto",
         description="DataLoader worker processes; auto: up to 8 beside a GPU, none on a CPU or without augmentation",
     )
@@ -271,7 +309,7 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     limit_train_batches: PositiveInt | Fraction = Field(1.0, description="a count of batches, or a fraction")
     limit_val_batches: PositiveInt | Fraction = 1.0
-    threads: PositiveInt | None = Field(None, description="torch CPU threads; default: torch's choice")
+    threads: Workers | None = Field(None, description="torch CPU threads; default: torch's choice")
 
     @property
     def complete(self) -> bool:
@@ -279,6 +317,15 @@ class TrainConfig(_Section):
         return all(
             isinstance(limit, float) and limit == 1.0 for limit in (self.limit_train_batches, self.limit_val_batches)
         )
+
+    @model_validator(mode="after")
+    def _device_ids_on_gpus(self) -> TrainConfig:
+        if self.accelerator == "cpu" and isinstance(self.devices, list):
+            raise ValueError(
+                f"train.devices: {self.devices} are device ids, which only GPUs have; with train.accelerator: cpu "
+                "give a count of processes, such as 1, or auto"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sync_batchnorm_on_gpus(self) -> TrainConfig:
@@ -291,8 +338,8 @@ class TrainConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    batch_size: PositiveInt = 512
-    misclassified: NonNegativeInt = Field(36, description="examples in the misclassified grid")
+    batch_size: Count = 512
+    misclassified: GridImages = Field(36, description="examples in the misclassified grid, 6 a row")
     tta: Literal["auto", "hflip", "none"] = Field(
         "auto", description="test-time augmentation; auto: hflip when training mirrored the images, else none"
     )
@@ -311,8 +358,10 @@ class ExportConfig(_Section):
     formats: Annotated[list[Literal["onnx", "torchscript"]], Field(min_length=1)] = ["onnx", "torchscript"]
     opset: int = Field(18, ge=14, le=23, description="ONNX opset: 18 runs on onnxruntime 1.14 and newer")
     verify_images: PositiveInt = Field(1000, description="real images (test split first) both runtimes answer")
-    tolerance: PositiveFloat = Field(1e-4, description="largest |probability difference| allowed against PyTorch")
-    batch_size: PositiveInt = 256
+    tolerance: float = Field(
+        1e-4, gt=0, lt=1, description="largest |probability difference| allowed against PyTorch (1 allows any)"
+    )
+    batch_size: Count = 256
 
     @field_validator("formats")
     @classmethod
@@ -342,9 +391,17 @@ class MlflowConfig(_Section):
         True, description="CPU, memory, disk, network and GPU use in the run, every 10 s (under 0.1% of a training)"
     )
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, uri: str) -> str:
+        """DVC copies this value into dvc.lock and every experiment's commit, and cnnpipe into MLflow's params."""
+        if refusal := password_refusal(uri):
+            raise ValueError(refusal)
+        return uri
+
 
 class Params(_Section):
-    seed: NonNegativeInt = 42
+    seed: Seed = 42
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig
@@ -421,7 +478,8 @@ def _explain(error: dict[str, Any]) -> str:
     if error["type"] == "union_tag_not_found":
         return f"a layer needs a 'type' key; valid types: {', '.join(LAYER_TYPES)}"
     if "input" in error and not isinstance(error["input"], dict | list):
-        message += f" (got {error['input']!r})"
+        given = error["input"]
+        message += f" (got {mask_uri(given) if isinstance(given, str) else given!r})"
     return message
 
 
@@ -468,9 +526,77 @@ def _decode(path: Path, data: bytes) -> str:
     raise CnnpipeError(f"{path}: not UTF-8 text ({reason}); save the params file as UTF-8 YAML")
 
 
+MAX_NODES = 100_000  # keys, values and list items, aliases expanded: params.yaml has 209
+MAX_DEPTH = 50  # keys and list items within each other: params.yaml has 5; PyYAML composes recursively
+MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<: *defaults`: a key that may appear more than once
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing while the file is composed, before any value is built, what no params file
+    holds: a key written twice (SafeLoader keeps the last without a word; DVC refuses the file), more than MAX_NODES
+    nodes with the aliases expanded (a "billion laughs" bomb is a few lines of YAML that expand later, in pydantic,
+    albumentations or MLflow, for minutes), an alias inside its own anchor, and nesting beyond MAX_DEPTH."""
+
+    def __init__(self, text: str, path: Path):
+        super().__init__(text)
+        self.path = path
+        self.where: list[str | int] = []  # the keys and list indexes down to the node being composed
+        self.sizes: dict[int, int] = {}  # id of each composed node -> its nodes, aliases expanded
+
+    def _refuse(self, mark: yaml.Mark, where: list[str | int], problem: str) -> NoReturn:
+        raise CnnpipeError(f"{self.path}: {_key(tuple(where)) or '(top level)'} (line {mark.line + 1}): {problem}")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self.sizes:  # still being composed: an ancestor
+                loop = f"the alias *{event.anchor} lies inside its own anchor &{event.anchor}"
+                self._refuse(event.start_mark, self.where, f"{loop}, a structure that contains itself")
+            return super().compose_node(parent, index)
+        label = index.value if isinstance(index, yaml.ScalarNode) else index  # a mapping's key, a list's index
+        where = self.where
+        self.where = where if label is None else [*where, label]
+        if len(self.where) > MAX_DEPTH:
+            self._refuse(self.peek_event().start_mark, self.where[:2], f"nested more than {MAX_DEPTH} levels deep")
+        node = super().compose_node(parent, index)
+        self.sizes[id(node)] = 1 + sum(self.sizes[id(child)] for child in _children(node))
+        if self.sizes[id(node)] > MAX_NODES:
+            nodes = f"more than {MAX_NODES:,} nodes with its aliases expanded"
+            self._refuse(node.start_mark, self.where, f"{nodes}, where a params file has a few hundred: a YAML bomb?")
+        self.where = where
+        return node
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != MERGE_TAG:
+                earlier = first.setdefault((key.tag, key.value), key)
+                if earlier is not key:
+                    lines = f"at line {earlier.start_mark.line + 1} and line {key.start_mark.line + 1}"
+                    why = "YAML would keep the last without a word, and DVC refuses the file"
+                    self._refuse(key.start_mark, [*self.where, key.value], f"written twice, {lines}; {why}: remove one")
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    loader = _ParamsLoader(text, path)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_params_file(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(_decode(path, _read_bytes(path)))
+        raw = _parse_yaml(_decode(path, _read_bytes(path)), path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

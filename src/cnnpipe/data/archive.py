@@ -131,7 +131,8 @@ def _refuse_outside(member: str, destination: Path, name: str) -> None:
 
 def _check(members: Iterable[tuple[str, int]], destination: Path, limits: LimitsConfig, name: str) -> None:
     """Every member lands inside `destination` and the whole stays within data.limits, before anything is
-    written: a 1 MiB zip can expand to a gigabyte, a small tar to a million files."""
+    written: a 1 MiB zip can expand to a gigabyte, a small tar to a million files. The running totals stop at the
+    first member past a limit: a .tar.gz is decompressed to reach each header, and a bomb's rest never is."""
     count = total = 0
     for member, size in members:
         _refuse_outside(member, destination, name)
@@ -141,11 +142,11 @@ def _check(members: Iterable[tuple[str, int]], destination: Path, limits: Limits
                 f"data.path: {name} holds more than {limits.max_archive_files:,} members, the limit set by "
                 "data.limits.max_archive_files; raise data.limits.max_archive_files to extract it"
             )
-    if total > limits.max_archive_bytes:
-        raise CnnpipeError(
-            f"data.path: {name} expands to {total:,} bytes, more than data.limits.max_archive_bytes "
-            f"({limits.max_archive_bytes:,}); raise data.limits.max_archive_bytes to extract it"
-        )
+        if total > limits.max_archive_bytes:
+            raise CnnpipeError(
+                f"data.path: {name} expands to at least {total:,} bytes, more than data.limits.max_archive_bytes "
+                f"({limits.max_archive_bytes:,}); raise data.limits.max_archive_bytes to extract it"
+            )
 
 
 def _refuse_unreadable_members(bundle: zipfile.ZipFile, name: str) -> None:

@@ -11,10 +11,12 @@ import copy
 import difflib
 import inspect
 import json
+import math
 import multiprocessing
 import os
 import random
 import re
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +24,13 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
+import psutil
 from rich.progress import Progress
 
 from cnnpipe import plots
 from cnnpipe.config import AugmentConfig
 from cnnpipe.data.shift import RandomShift
+from cnnpipe.data.store import Manifest
 from cnnpipe.errors import CnnpipeError
 
 ONLINE, COPIES, PREVIEW = 0, 1, 2  # the seed streams
@@ -210,6 +214,20 @@ def augment_images(pipeline: A.Compose, images: np.ndarray, seed_key: Sequence[i
             )
         out[index] = augmented
     return out
+
+
+def check_copies_fit(copies: int, manifest: Manifest, folder: Path) -> None:
+    """make_copies holds every copy in memory, [copies x N, H, W, C] uint8, and augment writes them beside `folder`:
+    more copies than either can hold are refused before the first is drawn, naming how many fit."""
+    per_copy = manifest.counts["train"] * math.prod(manifest.shape)
+    memory, disk = psutil.virtual_memory().available, shutil.disk_usage(folder.parent).free
+    if copies * per_copy > min(memory, disk):
+        raise CnnpipeError(
+            f"augment.copies: {copies:,} copies of the {manifest.counts['train']:,} training images "
+            f"{list(manifest.shape)} need {copies * per_copy / 1e9:,.1f} GB, in memory and on disk; available: "
+            f"{memory / 1e9:,.1f} GB of memory, {disk / 1e9:,.1f} GB free beside {folder}: at most "
+            f"{min(memory, disk) // per_copy:,} copies fit"
+        )
 
 
 # Worker state of make_copies: set once per process by the pool's initializer, so the images are not

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
+import psutil
 import torch
 from rich.table import Table
 from torch import nn
@@ -29,6 +31,7 @@ from cnnpipe.models import presets
 from cnnpipe.models.own_network import own_network
 from cnnpipe.models.spec import PlannedLayer, conv_padding, head_outputs, plan_layers
 
+BYTES_PER_PARAMETER = 16  # training holds float32 weights, their gradients and AdamW's two moments
 _ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -99,8 +102,13 @@ def build_model_network(
         if config.preset is not None:
             layers = ModelConfig(layers=LAYER_PRESETS[config.preset]).layers
         plan = plan_layers(config.scaled_layers(layers), input_shape, num_classes)
+        key = "model.width" if config.width != 1 else "model.layers"
+        _check_fits(key, _layer_parameters(key, plan))
         return plan, _fix_first_conv(build_network(plan, mean, std), config.fixed_first_layer)
-    body = presets.preset_module(config.preset, input_shape[0], head_outputs(num_classes), config.width)
+    build = partial(presets.preset_module, config.preset, input_shape[0], head_outputs(num_classes), config.width)
+    if config.width != 1:  # resnet-small's; torchvision's networks have their own size (and some fail on meta)
+        _check_fits("model.width", {config.preset: _parameters_on_meta("model.width", config.preset, build)})
+    body = build()
     network = nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), ("body", body)]))
     try:  # a dry run: torchvision's deeper networks pool small images down to nothing
         with torch.no_grad():
@@ -112,6 +120,40 @@ def build_model_network(
             "set data.image_size larger or pick a smaller network"
         ) from None
     return None, _fix_first_conv(network.train(), config.fixed_first_layer)
+
+
+def _parameters_on_meta(key: str, what: str, build: Callable[[], nn.Module]) -> int:
+    """The parameters of the module `build` makes, built on torch's meta device: shapes without memory."""
+    try:
+        with torch.device("meta"):
+            return sum(parameter.numel() for parameter in build().parameters())
+    except (RuntimeError, TypeError, OverflowError) as exc:  # a size beyond a 64-bit integer, or its storage
+        raise CnnpipeError(f"{key}: {what} is more than torch can build ({' '.join(str(exc).split())[:120]})") from None
+
+
+def _layer_parameters(key: str, plan: list[PlannedLayer]) -> dict[str, int]:
+    """Each planned layer's parameters, by the name the shape table gives it."""
+    return {
+        layer.name: _parameters_on_meta(
+            key, f"layer '{layer.name}' ({layer.kind}, output {list(layer.out_shape)})", partial(_module, layer)
+        )
+        for layer in plan
+    }
+
+
+def _check_fits(key: str, parameters: dict[str, int]) -> None:
+    """A network whose training cannot fit in this machine's memory is refused before any weight is allocated:
+    torch would fail inside the allocator, or the kernel kill the process, after the run opened."""
+    total = sum(parameters.values())
+    available = psutil.virtual_memory().available
+    if total * BYTES_PER_PARAMETER > available:
+        largest = max(parameters, key=parameters.get)
+        raise CnnpipeError(
+            f"{key}: the network would have {total:,} parameters (the most in {largest}: {parameters[largest]:,}), "
+            f"{total * BYTES_PER_PARAMETER / 1e9:,.1f} GB to train ({BYTES_PER_PARAMETER} bytes each: float32 "
+            f"weights, gradients and AdamW's two moments), more than the {available / 1e9:,.1f} GB of memory "
+            f"available; lower {key}"
+        )
 
 
 def _fix_first_conv(network: nn.Sequential, names: list[str]) -> nn.Sequential:

@@ -19,6 +19,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     manifest, splits = load_store(pulled, verify=True)
     train = splits["train"]
     augmentation.check_output(pipeline, np.asarray(train.images[0]))
+    augmentation.check_copies_fit(cfg.copies, manifest, out)
     with replaced_atomically(out) as staging:
         saved = staging / augmentation.PIPELINE_FILE
         augmentation.save_pipeline(pipeline, saved)

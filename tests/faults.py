@@ -22,8 +22,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -168,3 +169,22 @@ def refused_and_kept(root: Path, *args: str, names: tuple[str, ...], code: int =
     # every kind first, on the first line: a traceback in the details spans many lines
     assert not problems, " ".join(problem.split(":", 1)[0] for problem in problems) + " | " + " | ".join(problems)
     return line
+
+
+def during_training(
+    root: Path, act: Callable[[subprocess.Popen], object], under_way: Callable[[], bool] | None = None
+) -> subprocess.CompletedProcess:
+    """A real `cnnpipe train` in `root`; `act` (send a signal, fill a disk) once `under_way()` says so (default: an
+    epoch is done, its row in data/checkpoints/train_history.csv). Returns its exit code and what it printed."""
+    live = root / "data/checkpoints/train_history.csv"
+    live.unlink(missing_ok=True)
+    under_way = under_way or live.exists
+    command = [sys.executable, "-m", "cnnpipe", "train"]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not under_way():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.02)
+    act(process)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

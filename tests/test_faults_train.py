@@ -11,14 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.faults import assert_kept, mlflow_runs, refused_and_kept, report, run, snapshot
+from tests.faults import assert_kept, during_training, mlflow_runs, refused_and_kept, report, run, snapshot
 from tests.helpers import SMALL_RUN, dvc_repo, run_cnnpipe, sh, small_run_params, stage_runs, write_params
 
 
@@ -189,19 +188,9 @@ def test_a_truncated_last_checkpoint_is_set_aside_and_a_new_run_with_its_own_nam
 def test_ctrl_c_exits_130_and_ends_the_run_killed_keeping_the_stage_outputs(done):
     with_params(done, **{"train.epochs": 50})
     before = snapshot(done)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cnnpipe", "train"], cwd=done, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    live = done / "data/checkpoints/train_history.csv"
-    live.unlink(missing_ok=True)
-    deadline = time.monotonic() + 120
-    while not live.exists():  # an epoch is done: training is under way
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert "Traceback" not in stderr, f"FAULT-TRACEBACK: {stderr[-2000:]}"
-    assert process.returncode == 130, f"FAULT-UNCLEAR: exit {process.returncode}, not 130"
+    stopped = during_training(done, lambda process: process.send_signal(signal.SIGINT))  # once an epoch is done
+    assert "Traceback" not in stopped.stderr, f"FAULT-TRACEBACK: {stopped.stderr[-2000:]}"
+    assert stopped.returncode == 130, f"FAULT-UNCLEAR: exit {stopped.returncode}, not 130"
     after = snapshot(done)
     kept = {path: digest for path, digest in before.files.items() if not path.startswith("data/checkpoints")}
     assert_kept(before.__class__(kept, before.runs), after)

@@ -17,6 +17,9 @@ from mlflow.pyfunc import PythonModel
 
 SCRIPT_ARTIFACT = "torchscript"  # the artifact key of the TorchScript file
 CONFIG_KEYS = ("classes", "shape")  # the model config: class names in output order, input [C, H, W]
+NUMBERS = "fiu"  # numpy's kinds of float, signed and unsigned integer arrays: what pixels are
+NOT_NUMBERS = {"b": "booleans", "U": "text", "S": "text", "c": "complex numbers"}  # null, objects, mixed: none
+SHOWN_DIMENSIONS = 8  # a deeper input is said by its depth: its shape would be a long list of ones
 
 
 class InputError(MlflowException):
@@ -67,13 +70,20 @@ class ImageClassifier(PythonModel):
         if isinstance(images, pd.DataFrame):
             raise InputError(f'expected {expected} as a tensor ({{"inputs": [...]}}), got a table')
         try:
-            array = np.asarray(images, dtype=np.float32)
-        except (TypeError, ValueError):
+            array = np.asarray(images)
+        except (TypeError, ValueError):  # ragged, or nested deeper than numpy's 64 dimensions
             raise InputError(f"expected {expected}; the input is no array of numbers") from None
+        if array.dtype.kind not in NUMBERS:  # float32 would turn true into 1, "0.5" into 0.5 and null into NaN
+            kind = NOT_NUMBERS.get(array.dtype.kind)
+            raise InputError(
+                f"expected {expected}, got {kind}" if kind else f"expected {expected}; the input is no array of numbers"
+            )
+        array = array.astype(np.float32, copy=False)
         if array.ndim == 3 and array.shape == self.shape:
             array = array[None]  # one image
         if array.ndim != 4 or array.shape[1:] != self.shape:
-            raise InputError(f"expected {expected}, got shape {list(array.shape)}")
+            got = f"shape {list(array.shape)}" if array.ndim <= SHOWN_DIMENSIONS else f"{array.ndim} dimensions"
+            raise InputError(f"expected {expected}, got {got}")
         if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
             low, high = np.nanmin(array), np.nanmax(array)
             raise InputError(

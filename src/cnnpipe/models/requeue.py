@@ -6,6 +6,9 @@ forever: seen on a real two-node Slurm 22.05 cluster (Lightning issue #21406). H
 signal; after each training batch the ranks agree whether any of them got it, then every rank saves the
 checkpoint at that same point, rank 0 requeues the job, and training stops as interrupted (its MLflow run
 KILLED). The requeued job resumes from that checkpoint into the same run (see resume.py).
+
+SIGTERM (scancel, a time limit without --signal, `kill`) stops the training too, its run KILLED and exit code 143:
+see cnnpipe.signals.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from cnnpipe import signals
 from cnnpipe.console import warn
 from cnnpipe.models import resume
 
@@ -51,6 +55,7 @@ class RequeueOnSignal(pl.Callback):
         trainer.save_checkpoint(checkpoint)  # on every rank: it ends in a barrier
         # The requeue makes SLURM send SIGTERM: it must not cut into the run's ending (SIGKILL follows if we linger)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signals.expect_requeue()
         if trainer.is_global_zero:
             requeued = subprocess.run(["scontrol", "requeue", job_id()], capture_output=True, text=True)
             if requeued.returncode != 0:

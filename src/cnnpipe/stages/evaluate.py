@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,19 @@ def scores(result: Predictions, matrix: np.ndarray, classes: list[str]) -> tuple
         "test/count": int(matrix.sum()),
     }
     return headline, {name: float(acc) for name, acc in zip(classes, per_class, strict=True)}
+
+
+def class_metric_keys(classes: list[str]) -> list[str]:
+    """MLflow still gets each class's accuracy as a metric, `test/acc/<class>`: a `/` in a name becomes `_` (it would
+    nest the chart), as does any character a metric name cannot hold (metric_key). Names that become alike (`cat😀`
+    and `cat😃`: `cat_`) get their class index (`cat__0`, `cat__1`), or one class's value would overwrite another's."""
+    bare = [metric_key(f"test/acc/{name.replace('/', '_')}") for name in classes]
+    keys = list(bare)
+    while clashing := {key for key, count in Counter(keys).items() if count > 1}:
+        for i, base in enumerate(bare):  # an indexed key may meet another class's bare one: that is indexed next
+            if keys[i] == base and base in clashing:
+                keys[i] = f"{base}_{i}"
+    return keys
 
 
 def flip_at_test_time(tta: str, trained_mirrored: bool) -> bool:
@@ -86,8 +100,7 @@ def run(params: Params, paths: Paths = Paths()) -> dict:
     tracked = store.start()
     try:
         tracked.set_tag("evaluate.tta", TTA[mirror])
-        # MLflow still gets each class's accuracy as a metric (a `/` in a class name would nest its chart)
-        logged = metrics | {metric_key(f"test/acc/{name.replace('/', '_')}"): acc for name, acc in per_class.items()}
+        logged = metrics | dict(zip(class_metric_keys(list(per_class)), per_class.values(), strict=True))
         _log(tracked, params, store, logged, [paths.plots / figure.name for figure in figures], paths.pulled)
     except BaseException as exc:
         tracked.end_after(exc)
@@ -156,8 +169,17 @@ def _log(
         else:
             training.report_unlogged()
     if record.model_version is not None:
-        name, version = record.registered_model, record.model_version
-        run.log_call(
-            f"champion alias of {name}",
-            lambda: console.print(registry.promote(run.client, name, version, metrics["test/acc"], digest)),
-        )
+        run.log_call(f"champion alias of {record.registered_model}", lambda: _promote(run, record, metrics, digest))
+
+
+def _promote(run: TrackedRun, record: RunRecord, metrics: dict, digest: str) -> None:
+    """The registered version gets its test accuracy and may become the champion, if it is this training's.
+
+    Another training's version of that number (a store copied from another clone, a name registered anew) is left
+    as it is, with a warning rather than a refusal: as in MLflow's registry, a version's tags and aliases speak of
+    its own run's model only, while this evaluation of data/train/model.ckpt is right and is kept."""
+    name, version = record.registered_model, record.model_version
+    if problem := registry.not_of_run(run.client, name, version, record.run_id):
+        warn(f"{problem}; nothing in the registry is changed: `dvc repro train` registers this model here")
+    else:
+        console.print(registry.promote(run.client, name, version, metrics["test/acc"], digest))

@@ -7,6 +7,7 @@ outputs are written at the end of fit (`Publish.on_fit_end`), before Lightning e
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import warnings
@@ -14,25 +15,28 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.model_summary import ModelSummary
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cnnpipe import plots
 from cnnpipe.analysis import report
-from cnnpipe.config import Params
+from cnnpipe.config import Params, TrainConfig
 from cnnpipe.console import console, warn
 from cnnpipe.data import augmentation
 from cnnpipe.data.datamodule import ImageDataModule, to_model_input
-from cnnpipe.data.store import load_store
+from cnnpipe.data.store import MANIFEST, load_manifest, load_store
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.models import resume
 from cnnpipe.models.callbacks import EpochHistory
-from cnnpipe.models.hardware import auto_workers, keep_freed_memory, skip_absent_nvml
+from cnnpipe.models.hardware import auto_workers, chosen_accelerator, keep_freed_memory, skip_absent_nvml
 from cnnpipe.models.module import CnnClassifier, load_model
 from cnnpipe.models.network import forward_flops, shape_table, widths
 from cnnpipe.models.own_network import check_watched, source_digest
 from cnnpipe.models.trainer import build_trainer, describe, quiet_lightning
 from cnnpipe.outputs import replaced_atomically, write_atomically
 from cnnpipe.paths import Paths
+from cnnpipe.signals import Terminated
 from cnnpipe.tracking import registry
 from cnnpipe.tracking.dataset import dataset_inputs, dvc_hash
 from cnnpipe.tracking.logger import MlflowRunLogger
@@ -64,10 +68,29 @@ def build_module(params: Params, datamodule: ImageDataModule) -> CnnClassifier:
 
 def preflight(params: Params) -> None:
     """What train checks before it touches anything, for `cnnpipe check`: Lightning's settings, that DVC watches
-    the network's own file, and the store."""
+    the network's own file, and the store; and that augment's copies of the pulled data fit."""
     check_watched(params.model)
+    _check_devices(params.train)
     build_trainer(params.train, Paths().checkpoints, Paths().checkpoints, [])
+    if (Paths().pulled / MANIFEST).exists():
+        augmentation.check_copies_fit(params.augment.copies, load_manifest(Paths().pulled), Paths().augmented)
     check_store(params.mlflow)
+
+
+def _check_devices(train: TrainConfig) -> None:
+    """Device ids this machine lacks, named with what it has: Lightning's own error is a TypeError on a CPU."""
+    kind = chosen_accelerator(train.accelerator)
+    if not isinstance(train.devices, list) or kind == "mps":
+        return
+    gpus = torch.cuda.device_count() if kind == "cuda" else 0
+    absent = [device for device in train.devices if device >= gpus]
+    if absent:
+        valid = f"ids 0 to {gpus - 1}, a count up to {gpus}" if gpus else "a count of processes such as 1"
+        raise CnnpipeError(
+            f"train.devices: {train.devices} names GPU id(s) {absent}, and this machine has {gpus} GPU(s) and "
+            f"{os.cpu_count()} CPU(s) (train.accelerator {train.accelerator}: the {kind.upper()}); valid: {valid}, "
+            "or auto"
+        )
 
 
 def _log_model_description(run: TrackedRun, module: CnnClassifier, pulled: Path, folder: Path) -> torch.Tensor:
@@ -107,6 +130,7 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
     """
     tracking = rank_zero_only.rank == 0  # the other ranks never talk to MLflow
     check_watched(params.model)
+    _check_devices(params.train)  # Lightning would fail on a GPU id this machine lacks with a TypeError
     if tracking:  # a server that does not answer stops us before any data is loaded
         check_reachable(resolve_tracking_uri(params.mlflow.tracking_uri))
     load_store(paths.pulled, verify=True)  # a truncated or altered store file stops here, by name
@@ -167,12 +191,22 @@ def run(params: Params, paths: Paths = Paths()) -> dict[str, float]:
     try:
         with quiet_lightning(announcements=True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resumed and resumed.checkpoint)
-    except SystemExit:  # Lightning turns Ctrl-C into exit code 1 after its own clean-up (the run: KILLED)
+    except SystemExit as stop:  # Lightning's, after its own clean-up (the run: KILLED): see _interruption
         if trainer.interrupted:
-            console.print(f"Interrupted: rerun `dvc repro` to resume from {paths.checkpoints / resume.LAST}")
-            raise KeyboardInterrupt from None
+            raise _interruption(stop, resume.latest_checkpoint(paths.checkpoints, key)) from None
         raise
     return publish.metrics
+
+
+def _interruption(stop: SystemExit, checkpoint: Path | None) -> KeyboardInterrupt:
+    """What stopped the fit, for the CLI's one line and exit code, with what a rerun resumes from (only a checkpoint
+    that exists: one is saved at the end of each epoch). Lightning raises SIGTERMException at the end of the batch
+    that SIGTERM came in, and turns a KeyboardInterrupt (Ctrl-C, or `Terminated` raised outside its loops) into
+    sys.exit(1) while handling it."""
+    terminated = isinstance(stop, SIGTERMException) or isinstance(stop.__context__, Terminated)
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    rerun = f"rerun `dvc repro` to resume from {checkpoint}" if checkpoint else "no checkpoint yet, a rerun starts over"
+    return (Terminated if terminated else KeyboardInterrupt)(f"{what}; {rerun}")
 
 
 class Publish(pl.Callback):

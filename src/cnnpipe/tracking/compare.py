@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
 from mlflow.entities import Run
@@ -24,8 +25,11 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnpipe.config import DataConfig
+from cnnpipe.console import printable
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.tracking.mlflow_run import SQLITE, check_reachable, sqlite_problem
+from cnnpipe.tracking.evaluation_store import EVALUATION_RUN_TAG
+from cnnpipe.tracking.mlflow_run import SQLITE, check_reachable, needs_credentials, sqlite_problem
+from cnnpipe.uris import mask_uri
 
 # The metrics worth a column by default: how good, how fast, and what the network sees.
 DEFAULT_METRICS = ("test/acc", "test/loss", "best/val/acc", "best/val/loss", "mean/images_per_sec", "rf_final")
@@ -39,7 +43,7 @@ LISTED = 20  # run names a refusal lists
 
 @dataclass(frozen=True)
 class Training:
-    """A row: one training run, with the params and metrics of its newest evaluation merged in."""
+    """A row: one training run, with the params and metrics of its evaluation merged in."""
 
     run_id: str
     name: str
@@ -74,9 +78,11 @@ class Comparison:
         """What fits `width` without cutting a cell: one table, or the params that differ in a second one below.
 
         Headers fold at / . _ first; a column that still does not fit is left out and named, as Rich would
-        squeeze every cell to '…' (and a run name to nothing) instead.
+        squeeze every cell to '…' (and a run name to nothing) instead. Text from the store is measured as it is
+        shown, control characters escaped.
         """
-        columns, rows = self.columns, self.rows
+        title, columns = printable(title), [printable(column) for column in self.columns]
+        rows = [[printable(cell) for cell in row] for row in self.rows]
         metrics = range(2 + len(self.params), len(columns))
         params = range(2, metrics.start)
         whole, left_out = _fit(title, columns, rows, width, range(len(columns)), range(len(columns) - 1, 0, -1))
@@ -138,10 +144,11 @@ def _fit(
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A GitHub Markdown table, numbers aligned right."""
+    """A GitHub Markdown table, numbers aligned right; a cell's newline or control character escaped, which would
+    end its row or reach a terminal."""
     align = ["---:" if all(_is_number(row[i]) for row in rows) else "---" for i in range(len(headers))]
     lines = [headers, align, *rows]
-    return "".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |\n" for line in lines)
+    return "".join("| " + " | ".join(printable(cell).replace("|", "\\|") for cell in line) + " |\n" for line in lines)
 
 
 def _is_number(cell: str) -> bool:
@@ -202,9 +209,20 @@ def data_name(params: dict[str, str]) -> str | None:
         return params["data.source"]
 
 
+def _evaluation(training: Run, children: list[Run]) -> Run | None:
+    """The evaluation the training run names (evaluate tags it): clocks of machines logging to one store can
+    disagree. Without the tag (runs from before it), or when it names a deleted run: the newest by start time,
+    a finished one first."""
+    named = training.data.tags.get(EVALUATION_RUN_TAG)
+    for child in children:
+        if child.info.run_id == named:
+            return child
+    return max(children, key=lambda child: (child.info.status == "FINISHED", child.info.start_time or 0), default=None)
+
+
 def trainings(runs: list[Run]) -> list[Training]:
     """One per training run (a run without the stage tag is one too, from before evaluations had runs of
-    their own), with its newest evaluation merged in, a finished one first: a sweep sorts by test accuracy."""
+    their own), with its evaluation merged in: a sweep sorts by test accuracy."""
     evaluations: dict[str, list[Run]] = {}
     for run in runs:
         if run.data.tags.get(STAGE_TAG) == "evaluate":
@@ -213,12 +231,8 @@ def trainings(runs: list[Run]) -> list[Training]:
     for run in runs:
         if run.data.tags.get(STAGE_TAG) == "evaluate":
             continue
-        newest = max(
-            evaluations.get(run.info.run_id, []),
-            key=lambda child: (child.info.status == "FINISHED", child.info.start_time or 0),
-            default=None,
-        )
-        merged = [run.data, *([newest.data] if newest else [])]
+        evaluation = _evaluation(run, evaluations.get(run.info.run_id, []))
+        merged = [run.data, *([evaluation.data] if evaluation else [])]
         rows.append(
             Training(
                 run.info.run_id,
@@ -260,11 +274,20 @@ def _runs(tracking_uri: str, experiment: str, key: str) -> list[Run]:
         if found is None:
             names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
             raise CnnpipeError(
-                f"--experiment: no experiment {experiment!r} at {tracking_uri}; experiments there: {names}"
+                f"--experiment: no experiment {experiment!r} at {mask_uri(tracking_uri)}; experiments there: {names}"
+            )
+        if found.lifecycle_stage == "deleted":  # its runs went with it: "no runs yet" would be wrong
+            raise CnnpipeError(
+                f"--experiment: {experiment!r} at {mask_uri(tracking_uri)} is deleted; restore it with "
+                f"`mlflow experiments restore --experiment-id {found.experiment_id}` (MLFLOW_TRACKING_URI set to that "
+                "store)"
             )
         return _all_runs(client, found.experiment_id)
     except MlflowException as exc:  # a store MLflow refuses (file:, an unknown scheme) or a server's error
-        raise CnnpipeError(f"{key}: {tracking_uri}: {exc.message.strip().splitlines()[0]}") from None
+        if exc.get_http_status_code() == HTTPStatus.UNAUTHORIZED:  # /health is open on MLflow's basic-auth server
+            raise CnnpipeError(str(needs_credentials(tracking_uri)).replace("mlflow.tracking_uri", key, 1)) from None
+        reason = mask_uri(exc.message.strip().splitlines()[0])
+        raise CnnpipeError(f"{key}: {mask_uri(tracking_uri)}: {reason}") from None
 
 
 def experiment_trainings(
@@ -275,7 +298,9 @@ def experiment_trainings(
     _check_store(tracking_uri, key)
     runs = trainings(_runs(tracking_uri, experiment, key))
     if not runs:
-        raise CnnpipeError(f"--experiment: {experiment!r} at {tracking_uri} has no runs yet; run `dvc repro` first")
+        raise CnnpipeError(
+            f"--experiment: {experiment!r} at {mask_uri(tracking_uri)} has no runs yet; run `dvc repro` first"
+        )
     if data is None:
         return runs
     chosen = [run for run in runs if run.data == data]
@@ -312,7 +337,8 @@ def compare(runs: list[Training], metric: str, metrics: tuple[str, ...] = DEFAUL
 
     def best_first(run: Training) -> tuple[bool, float]:
         value = run.metrics.get(sort_key)
-        return value is None, 0.0 if value is None else -value if descending else value  # no value: last
+        missing = value is None or math.isnan(value)  # NaN compares false with anything: it would sort anywhere
+        return missing, 0.0 if missing else -value if descending else value  # no value: last
 
     runs = sorted(runs, key=best_first)
     params = differing(runs)

@@ -2,8 +2,8 @@
 
 Lightning opens it on global rank 0 when fit sets up (`experiment`), sends it the epoch metrics the module
 logs, and ends it in `finalize`: FINISHED after a successful fit (the end-of-training outputs are written in
-`on_fit_end`, before that), FAILED when fit raised, KILLED on Ctrl-C. However many processes DDP starts and
-however often a training resumes, there is one run: a resumed training reopens the run it started.
+`on_fit_end`, before that), FAILED when fit raised, KILLED on Ctrl-C and SIGTERM. However many processes DDP
+starts and however often a training resumes, there is one run: a resumed training reopens the run it started.
 Every tracking call goes through `TrackedRun`, so a tracking server that goes away never stops the training.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cnnpipe.config import MlflowConfig
@@ -92,6 +93,6 @@ class MlflowRunLogger(Logger):
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
-        # Lightning says "failed" for Ctrl-C too; it calls this while handling the KeyboardInterrupt.
-        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        # Lightning says "failed" for Ctrl-C and SIGTERM too; it calls this while handling their exception.
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt | SIGTERMException)
         self._run.finish("KILLED" if interrupted else STATUS.get(status, "FAILED"))

@@ -22,13 +22,14 @@ import numpy as np
 import pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.tracking import MlflowClient
 
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.inference import export, served
 from cnnpipe.inference.model import Classifier
 from cnnpipe.models.module import CnnClassifier, Predictor
-from cnnpipe.tracking.mlflow_run import TrackedRun
+from cnnpipe.tracking.mlflow_run import SQLITE, TrackedRun, follow_moved_store
 
 MODEL_NAME = "model"  # the logged model's name inside the run
 ONNX_NAME = "onnx"  # the exported ONNX file as a model of MLflow's onnx flavour, in the same run
@@ -126,6 +127,7 @@ def _one_line(exc: BaseException) -> str:
 def load_classifier(uri: str, tracking_uri: str) -> Classifier:
     """A model logged by cnnpipe at an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model):
     this module's pyfunc, or the pytorch flavour of earlier versions."""
+    _follow_moved_store(uri, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         loaded = mlflow.pyfunc.load_model(uri)
@@ -152,6 +154,31 @@ def load_classifier(uri: str, tracking_uri: str) -> Classifier:
         probabilities,
         origin=_origin(uri, loaded.metadata.run_id, tracking_uri),
     )
+
+
+def _follow_moved_store(uri: str, tracking_uri: str) -> None:
+    """A moved or copied repository's SQLite store still names the old folder for the model's files: it is
+    repointed as train and evaluate repoint it (mlflow_run.follow_moved_store), which needs the model's experiment."""
+    if not tracking_uri.startswith(SQLITE):
+        return  # a server keeps its artifacts where they are
+    client = MlflowClient(tracking_uri)
+    try:
+        experiment = client.get_experiment(_experiment_of(client, uri)).name
+    except (MlflowException, TypeError):  # no such model, or a version of no run (None)
+        return  # load_model says what is wrong, by the URI
+    follow_moved_store(tracking_uri, experiment)
+
+
+def _experiment_of(client: MlflowClient, uri: str) -> str:
+    """The experiment id of the model at `uri`: runs:/ID/PATH, models:/NAME/VERSION, models:/NAME@ALIAS, models:/ID."""
+    if uri.startswith("runs:/"):
+        run_id = uri.removeprefix("runs:/").split("/", 1)[0]
+    else:
+        found = get_model_name_and_version(client, uri)
+        if len(found) == 1:  # an MLflow 3 logged model's id
+            return client.get_logged_model(found[0]).experiment_id
+        run_id = client.get_model_version(*found).run_id
+    return client.get_run(run_id).info.experiment_id
 
 
 def _origin(uri: str, run_id: str | None, tracking_uri: str) -> str:

@@ -8,6 +8,7 @@ is served. Versions are tagged so the registry alone says where each came from.
 from __future__ import annotations
 
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from cnnpipe.config import MlflowConfig, TrainConfig
@@ -51,6 +52,31 @@ def describe_version(
     tags = {new: trained[old] for old, new in VERSION_TAGS.items() if old in trained}
     for key, value in {**tags, "data.digest": data_digest}.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+def not_of_run(client: MlflowClient, name: str, version: str, run_id: str) -> str | None:
+    """Why version `version` of `name` in this store is not the model that training run `run_id` logged (one line),
+    or None when it is. A version number means something only in the store that gave it: a store copied from
+    another clone, or a name deleted and registered anew, has a version of that number from another training."""
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        return f"{name} version {version} is not in this tracking store's registry"
+    source = _source_run(client, found.source)
+    if found.run_id == run_id and source in (None, run_id):
+        return None
+    return f"{name} version {version} here is the model of MLflow run {source or found.run_id}, not of this training"
+
+
+def _source_run(client: MlflowClient, source: str) -> str | None:
+    """The run that logged a version's files: a `runs:/ID/...` source's, or a `models:/m-ID` logged model's."""
+    if source.startswith("runs:/"):
+        return source.removeprefix("runs:/").split("/", 1)[0]
+    if source.startswith("models:/m-"):
+        return client.get_logged_model(source.removeprefix("models:/")).source_run_id
+    return None  # an artifact path: the version's run_id alone says whose it is
 
 
 def _champion(client: MlflowClient, name: str):

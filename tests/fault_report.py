@@ -9,10 +9,13 @@ import re
 import sys
 from pathlib import Path
 
+from cnnpipe.console import printable
+from cnnpipe.uris import mask_uri
+
 
 def _cell(text: str) -> str:
     text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s]+/", "", text)  # the test's folder, not a machine's
-    return text.replace("|", "\\|")
+    return printable(mask_uri(text)).replace("|", "\\|")  # a command as typed may hold a password or an ESC
 
 
 def table(report: Path) -> str:

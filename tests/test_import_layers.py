@@ -11,7 +11,15 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [  # lowest first; a package name covers its modules
-    {"cnnpipe", "cnnpipe.errors", "cnnpipe.paths", "cnnpipe.outputs", "cnnpipe.plots", "cnnpipe.console"},
+    {"cnnpipe", "cnnpipe.uris"},  # what console masks with
+    {
+        "cnnpipe.errors",
+        "cnnpipe.paths",
+        "cnnpipe.outputs",
+        "cnnpipe.plots",
+        "cnnpipe.console",
+        "cnnpipe.signals",
+    },
     {"cnnpipe.layers"},
     {"cnnpipe.config"},
     {"cnnpipe.data", "cnnpipe.models"},

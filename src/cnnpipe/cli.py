@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import gc
 import importlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,6 +73,16 @@ def _classes(text: str) -> int:
     return classes
 
 
+def _tracking_uri(text: str) -> str:
+    """--tracking-uri of compare and predict, refused as params.yaml's mlflow.tracking_uri is: one rule for where
+    credentials go (the environment), and no password in the messages and reports that name the store."""
+    from cnnpipe.uris import mask_uri, password_refusal
+
+    if refusal := password_refusal(text):
+        raise CnnpipeError(f"--tracking-uri: {refusal} (got {mask_uri(text)!r})")
+    return text
+
+
 def _check(args: argparse.Namespace) -> None:
     """Validates params.yaml as train would (network, Lightning settings, tracking store) and prints each
     layer's [C, H, W] for the pulled data (or --input)."""
@@ -122,22 +133,45 @@ def _kernels(args: argparse.Namespace) -> None:
     kernels.kernel(args.kernel)  # a name that is no kernel fails first: the default output is named after it
     image = kernels.read_greyscale(args.image)
     output = args.output or args.image.with_name(f"{args.image.stem}-{args.kernel}.png")
-    _check_output_file(output)
-    kernels.check_output(output, args.image)
+    _check_output_file(output, [("IMAGE", args.image)])
+    kernels.check_output(output)
     feature_map = kernels.filter_image(image, args.kernel, args.stride, args.padding)
     _write(output, kernels.encode_feature_map(feature_map, output.suffix))
     console.print(
         f"{list(image.shape)} * {args.kernel} (stride {args.stride}, padding {args.padding}) "
-        f"= {list(feature_map.shape)} -> {output}"
+        f"= {list(feature_map.shape)} -> {output}",
+        soft_wrap=True,  # a path broken over two lines could not be copied
     )
 
 
-def _check_output_file(path: Path) -> None:
-    """Checked before any work: a missing folder or a directory would only fail once the work is done."""
+def _check_output_file(path: Path, inputs: Iterable[tuple[str, Path]] = (), tracking_uri: str | None = None) -> None:
+    """Checked before any work: a missing folder or a directory would only fail once the work is done, and a
+    file the command reads (`inputs`: (argument, path)) or the pipeline produced would be lost. A stage output
+    named on purpose is refused too, with no option to force it: DVC records its hash, so a file written there by
+    hand is replaced by the next `dvc checkout` or `dvc repro` (or makes the stage look changed), and a copy
+    written elsewhere serves the same purpose."""
+    from cnnpipe.config import MlflowConfig
+    from cnnpipe.outputs import overwrite_problem, pipeline_outputs
+    from cnnpipe.paths import Paths
+
     if path.is_dir():
         raise CnnpipeError(f"--output: {path} is a directory; give a file path, such as {path / 'NAME'}")
     if not path.parent.is_dir():
         raise CnnpipeError(f"--output: the folder {path.parent} does not exist; create it or write elsewhere")
+    folders = [folder for name, folder in vars(Paths()).items() if name != "params_file"]
+    produced = [*folders, *pipeline_outputs(), *_store_files(tracking_uri or MlflowConfig().tracking_uri)]
+    if problem := overwrite_problem(path, inputs, produced):
+        raise CnnpipeError(f"--output: {problem}; write it elsewhere")
+
+
+def _store_files(tracking_uri: str) -> list[Path]:
+    """A SQLite tracking store's database and its artifacts folder beside it; a server's are not files here."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return []
+    from cnnpipe.tracking.relocate import ARTIFACTS
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return [database, database.parent / ARTIFACTS]
 
 
 def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
@@ -152,19 +186,18 @@ def _data_shape(args: argparse.Namespace) -> tuple[tuple[int, int, int], int]:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    """The trainings of an MLflow experiment, each with its newest evaluation: the params that differ, the
+    """The trainings of an MLflow experiment, each with the evaluation it names: the params that differ, the
     metrics, best first; or a report of named runs side by side (--output report.html or report.md)."""
     with _long_lived_imports():
-        from rich.text import Text
-
-        from cnnpipe.console import console
+        from cnnpipe.console import console, write_out
         from cnnpipe.tracking import compare_report as reports
         from cnnpipe.tracking.compare import DEFAULT_METRICS, compare, experiment_trainings, pick
         from cnnpipe.tracking.mlflow_run import resolve_tracking_uri
 
     reporting = args.output is not None and not args.format
-    if args.output:
-        _check_output_file(args.output)
+    if args.output:  # the tracking store is among what it must not replace
+        store = args.tracking_uri or (load_params(args.params).mlflow.tracking_uri if args.params.is_file() else None)
+        _check_output_file(args.output, [("--params", args.params)], store)
     if reporting:
         reports.check_output(args.output, args.runs)
     mlflow = None if args.tracking_uri and args.experiment else load_params(args.params).mlflow
@@ -177,7 +210,7 @@ def _compare(args: argparse.Namespace) -> None:
         runs = pick(runs, args.runs, experiment)
     if reporting:
         reports.write(reports.build(uri, experiment, runs, metrics), args.output)
-        console.print(Text(f"{args.output}: {len(runs)} runs of {experiment} side by side"), soft_wrap=True)
+        console.print(f"{args.output}: {len(runs)} runs of {experiment} side by side", soft_wrap=True)
         return
     table = compare(runs, args.sort, metrics)
     if args.format:
@@ -185,7 +218,7 @@ def _compare(args: argparse.Namespace) -> None:
         if args.output:
             _write(args.output, text.encode())
         else:
-            print(text, end="")
+            write_out(text)
         return
     # Rich's width: COLUMNS, else the terminal's even through a pipe (`| less`: stderr still is one), else 80.
     data = f" ({args.data})" if args.data else ""
@@ -210,10 +243,8 @@ def _predict(args: argparse.Namespace) -> int:
     exit code 1 when some files could not be read (they are listed and skipped)."""
     import tempfile
 
-    from rich.console import Console
-
     from cnnpipe.config import LimitsConfig
-    from cnnpipe.console import console, note, warn
+    from cnnpipe.console import console, note, stderr_console, warn, write_out
 
     with _long_lived_imports():
         from cnnpipe.inference import inputs, predict
@@ -221,17 +252,20 @@ def _predict(args: argparse.Namespace) -> int:
     fmt = predict.output_format(args.output) if args.output else "csv"
     params = load_params(args.params) if args.params.exists() else None
     limits = params.data.limits if params else LimitsConfig()
+    if args.output:
+        store = args.tracking_uri or (params.mlflow.tracking_uri if params else None)
+        _check_output_file(args.output, _read_by_predict(args), store)
     with tempfile.TemporaryDirectory(prefix="cnnpipe-predict-") as scratch:
         found = inputs.collect(args.inputs, Path(scratch), limits)  # a bad INPUT stops before the model loads
         model = _prediction_model(args, params)
-        shown = console if args.output else Console(stderr=True)  # stdout carries the CSV or JSON
+        shown = console if args.output else stderr_console  # stdout carries the CSV or JSON
         shown.print(f"Model: {model.source} ({model.origin})", soft_wrap=True)
         outcome = predict.predict(model, found, args.batch_size, args.top_k, limits.max_image_pixels, shown)
     text = predict.render(outcome, model, fmt, args.top_k)
     if args.output:
         predict.write(args.output, text)
     else:
-        sys.stdout.write(text)
+        write_out(text)
     for where, count in found.skipped.items():
         note(f"skipped {count} non-image file(s) in {where}")
     if outcome.converted:
@@ -248,6 +282,12 @@ def _predict(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     return 1 if outcome.failed else 0
+
+
+def _read_by_predict(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """What predict reads, which its --output must not replace: the INPUTs, the params and a --model file."""
+    read = [*(("INPUT", Path(given).expanduser()) for given in args.inputs), ("--params", args.params)]
+    return read if ":/" in args.model else [*read, ("--model", Path(args.model))]
 
 
 def _prediction_model(args: argparse.Namespace, params):
@@ -292,8 +332,18 @@ def _export(args: argparse.Namespace) -> None:
 
     output = args.output or (Path(FILES[args.format]) if args.format else None)
     if output is not None:
-        _check_output_file(output)
+        _check_output_file(output, [("--params", args.params)], params.mlflow.tracking_uri)
+        _check_suffix(output, Path(FILES[args.format]).suffix, args.format)
     export.run(params, Paths(params_file=args.params), args.format, output)
+
+
+def _check_suffix(output: Path, suffix: str, fmt: str) -> None:
+    """The suffix tells people and runtimes what a model file holds: ONNX in a model.pt fails where it is loaded."""
+    if output.suffix.lower() != suffix:
+        raise CnnpipeError(
+            f"--output: {output} must end in {suffix} for --format {fmt} (such as {output.stem}{suffix}), "
+            "or give the --format its suffix means"
+        )
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -345,7 +395,7 @@ def parser() -> argparse.ArgumentParser:
         help="run names or ids of the experiment: only these rows; with --output .html or .md, their report",
     )
     runs.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of params.yaml)")
-    runs.add_argument("--tracking-uri", help="default: mlflow.tracking_uri of params.yaml")
+    runs.add_argument("--tracking-uri", type=_tracking_uri, help="default: mlflow.tracking_uri of params.yaml")
     runs.add_argument(
         "--data",
         metavar="NAME",
@@ -380,7 +430,9 @@ def parser() -> argparse.ArgumentParser:
     predicting.add_argument("--output", type=Path, help="predictions.csv or predictions.json (default: CSV on stdout)")
     predicting.add_argument("--top-k", type=_positive("--top-k"), default=3, help="classes per image (default 3)")
     predicting.add_argument("--batch-size", type=_positive("--batch-size"), default=256, help="images per batch")
-    predicting.add_argument("--tracking-uri", help="for an MLflow URI (default: mlflow.tracking_uri of params.yaml)")
+    predicting.add_argument(
+        "--tracking-uri", type=_tracking_uri, help="for an MLflow URI (default: mlflow.tracking_uri of params.yaml)"
+    )
     exporting = commands.add_parser("export", help=_export.__doc__)
     exporting.add_argument("--format", type=_export_format, help="onnx or torchscript: one file, not logged")
     exporting.add_argument("--output", type=Path, help="with --format: the file to write")
@@ -394,22 +446,35 @@ def main(argv: list[str] | None = None) -> int:
             return TOOLS[args.command](args) or 0
         else:
             from cnnpipe.paths import Paths
+            from cnnpipe.signals import stopped_by_sigterm
 
             with _long_lived_imports():
                 stage = importlib.import_module(f"cnnpipe.stages.{args.command}")
-            stage.run(load_params(args.params), Paths(params_file=args.params))
+            with stopped_by_sigterm():  # SIGTERM: the stage's MLflow run ends KILLED, not RUNNING; exit 143
+                stage.run(load_params(args.params), Paths(params_file=args.params))
     except CnnpipeError as error:
-        print(f"cnnpipe: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("cnnpipe: interrupted", file=sys.stderr)
-        return 130
+        return _refuse(error, error.exit_code)
+    except KeyboardInterrupt as interruption:  # Ctrl-C: 130; SIGTERM (signals.Terminated): 143
+        print(f"cnnpipe: {interruption or 'interrupted'}", file=sys.stderr)
+        return getattr(interruption, "exit_code", 130)
     except OSError as error:  # permission denied, no space, a directory: the file is the user's to fix
         if error.filename is None:
             raise  # no file to name: a bug, which must stay visible
-        print(f"cnnpipe: error: {error.filename}: {error.strerror}", file=sys.stderr)
-        return 2
+        remedy = {  # a full disk, a quota, `ulimit -f`: the outputs' writers name the file (outputs.py)
+            errno.ENOSPC: "free space there",
+            errno.EDQUOT: "free space in your quota",
+            errno.EFBIG: "raise the file size limit (ulimit -f)",
+        }.get(error.errno)
+        return _refuse(f"{error.filename}: {error.strerror}{f'; {remedy} and rerun' if remedy else ''}", 2)
     return 0
+
+
+def _refuse(message: object, code: int) -> int:
+    """The one line a refusal ends in: a name it quotes may hold an ESC (shown escaped) or a newline (a space)."""
+    from cnnpipe.console import one_line
+
+    print(f"cnnpipe: error: {one_line(message)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

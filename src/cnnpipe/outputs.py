@@ -129,12 +129,17 @@ def pipeline_outputs(dvc_file: Path = Path("dvc.yaml")) -> list[Path]:
     return [Path(entry if isinstance(entry, str) else next(iter(entry))) for entry in entries if entry]
 
 
+def identity(path: Path | str) -> Identity:
+    """One file or folder whatever its name: a hard link's other name, a linked folder met again (a loop)."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 def _identity(path: Path) -> Identity | None:
     try:
-        status = os.stat(path)
+        return identity(path)
     except OSError:
         return None
-    return status.st_dev, status.st_ino
 
 
 def _named(folder: Path, identity: Identity) -> Path | None:

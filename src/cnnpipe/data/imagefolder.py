@@ -22,6 +22,7 @@ from cnnpipe.data.decode_pool import DecodePool
 from cnnpipe.data.splits import class_mapping, stratified_mask
 from cnnpipe.data.store import SplitStream
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.outputs import identity
 
 IMAGEFOLDER_TEST_FRACTION = 0.2  # an imagefolder without train/ and test/ subfolders gives 20% to test
 KEY = "data.path"  # the setting every error about a file names
@@ -86,7 +87,7 @@ def _files(class_dir: Path) -> list[tuple[tuple[str, ...], str]]:
     a folder is followed, as a linked class folder is (skipping it would drop its images without a word); one back
     to a folder it is in would never end, and is refused. os.scandir's entries know their type without a stat: a
     million files list in seconds, where pathlib takes minutes."""
-    found, folders = [], [((), str(class_dir), {_identity(class_dir)})]
+    found, folders = [], [((), str(class_dir), {identity(class_dir)})]
     while folders:
         parts, folder, ancestors = folders.pop()
         try:
@@ -95,22 +96,17 @@ def _files(class_dir: Path) -> list[tuple[tuple[str, ...], str]]:
                     if entry.is_symlink() and not os.path.exists(entry.path):
                         raise _broken(entry.path)
                     if entry.is_dir():
-                        if (identity := _identity(entry.path)) in ancestors:  # a stat per folder, not per file
+                        if (seen := identity(entry.path)) in ancestors:  # a stat per folder, not per file
                             raise CnnpipeError(
                                 f"{KEY}: {entry.path} is a link to {os.path.realpath(entry.path)}, a folder it is in "
                                 "(a loop); remove the link"
                             )
-                        folders.append(((*parts, entry.name), entry.path, ancestors | {identity}))
+                        folders.append(((*parts, entry.name), entry.path, ancestors | {seen}))
                     elif entry.is_file():
                         found.append(((*parts, entry.name), entry.path))
         except OSError as exc:
             raise _unlistable(folder, exc) from None
     return sorted(found)
-
-
-def _identity(path: Path | str) -> tuple[int, int]:
-    status = os.stat(path)
-    return status.st_ino, status.st_dev
 
 
 def _is_image(parts: tuple[str, ...], extensions: set[str]) -> bool:

@@ -18,6 +18,7 @@ from cnnpipe.config import ARCHIVE_SUFFIXES, LimitsConfig
 from cnnpipe.console import warn
 from cnnpipe.data.archive import extract
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.outputs import identity
 
 KEY = "INPUT"  # the argument errors name
 
@@ -56,15 +57,10 @@ def _not_regular(path: Path) -> str | None:
     return f"not a regular file ({kind})"
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return status.st_dev, status.st_ino
-
-
 def _files(folder: Path, shown: str) -> list[Path]:
     """Every file under `folder`, sorted, hidden ones left out. Links to folders are followed, as `pull` follows
     a linked class folder; a link back to a folder it is in would be walked forever: it is skipped with a warning."""
-    files, pending = [], [(folder, {_identity(folder)})]
+    files, pending = [], [(folder, {identity(folder)})]
     while pending:
         current, ancestors = pending.pop()
         try:
@@ -75,11 +71,11 @@ def _files(folder: Path, shown: str) -> list[Path]:
                     continue
                 if not entry.is_dir():
                     files.append(entry)
-                elif (identity := _identity(entry)) in ancestors:
+                elif (seen := identity(entry)) in ancestors:
                     name = f"{shown.rstrip('/')}/{entry.relative_to(folder).as_posix()}"
                     warn(f"{KEY}: skipped {name}: a link to {os.path.realpath(entry)}, a folder it is in (a loop)")
                 else:
-                    pending.append((entry, ancestors | {identity}))
+                    pending.append((entry, ancestors | {seen}))
         except OSError as exc:
             raise CnnpipeError(f"{KEY}: cannot list {exc.filename or current}: {exc.strerror or exc}") from None
     return sorted(files)

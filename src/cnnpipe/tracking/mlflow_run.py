@@ -285,8 +285,6 @@ def run_tags(entry_point: str) -> dict[str, str]:
     return tags
 
 
-
-
 @dataclass
 class TrackedRun:
     client: MlflowClient

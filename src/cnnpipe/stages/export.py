@@ -29,7 +29,6 @@ from cnnpipe.tracking.evaluation_store import EvaluationStore, evaluation_store
 from cnnpipe.tracking.mlflow_model import log_exports
 from cnnpipe.tracking.mlflow_run import TrackedRun
 from cnnpipe.tracking.run_record import RunRecord
-from cnnpipe.uris import mask_uri
 
 RECORD = "export.json"
 
@@ -88,7 +87,7 @@ def _log(store: EvaluationStore, folder: Path, formats: list[str], model: Classi
     """Into the training's MLflow run (data/train/run.json): the files under export/, ONNX also as a model."""
     if store.training is None:
         warn(
-            f"MLflow run {store.record.run_id} (the training) is not in {mask_uri(store.client.tracking_uri)}: it was "
+            f"MLflow run {store.record.run_id} (the training) is not in {store.client.tracking_uri}: it was "
             "logged elsewhere; the exported files are not logged"
         )
         return

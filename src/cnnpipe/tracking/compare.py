@@ -29,7 +29,6 @@ from cnnpipe.console import printable
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.tracking.evaluation_store import EVALUATION_RUN_TAG
 from cnnpipe.tracking.mlflow_run import SQLITE, check_reachable, needs_credentials, sqlite_problem
-from cnnpipe.uris import mask_uri
 
 # The metrics worth a column by default: how good, how fast, and what the network sees.
 DEFAULT_METRICS = ("test/acc", "test/loss", "best/val/acc", "best/val/loss", "mean/images_per_sec", "rf_final")
@@ -274,11 +273,11 @@ def _runs(tracking_uri: str, experiment: str, key: str) -> list[Run]:
         if found is None:
             names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
             raise CnnpipeError(
-                f"--experiment: no experiment {experiment!r} at {mask_uri(tracking_uri)}; experiments there: {names}"
+                f"--experiment: no experiment {experiment!r} at {tracking_uri}; experiments there: {names}"
             )
         if found.lifecycle_stage == "deleted":  # its runs went with it: "no runs yet" would be wrong
             raise CnnpipeError(
-                f"--experiment: {experiment!r} at {mask_uri(tracking_uri)} is deleted; restore it with "
+                f"--experiment: {experiment!r} at {tracking_uri} is deleted; restore it with "
                 f"`mlflow experiments restore --experiment-id {found.experiment_id}` (MLFLOW_TRACKING_URI set to that "
                 "store)"
             )
@@ -286,8 +285,8 @@ def _runs(tracking_uri: str, experiment: str, key: str) -> list[Run]:
     except MlflowException as exc:  # a store MLflow refuses (file:, an unknown scheme) or a server's error
         if exc.get_http_status_code() == HTTPStatus.UNAUTHORIZED:  # /health is open on MLflow's basic-auth server
             raise CnnpipeError(str(needs_credentials(tracking_uri)).replace("mlflow.tracking_uri", key, 1)) from None
-        reason = mask_uri(exc.message.strip().splitlines()[0])
-        raise CnnpipeError(f"{key}: {mask_uri(tracking_uri)}: {reason}") from None
+        reason = exc.message.strip().splitlines()[0]
+        raise CnnpipeError(f"{key}: {tracking_uri}: {reason}") from None
 
 
 def experiment_trainings(
@@ -298,9 +297,7 @@ def experiment_trainings(
     _check_store(tracking_uri, key)
     runs = trainings(_runs(tracking_uri, experiment, key))
     if not runs:
-        raise CnnpipeError(
-            f"--experiment: {experiment!r} at {mask_uri(tracking_uri)} has no runs yet; run `dvc repro` first"
-        )
+        raise CnnpipeError(f"--experiment: {experiment!r} at {tracking_uri} has no runs yet; run `dvc repro` first")
     if data is None:
         return runs
     chosen = [run for run in runs if run.data == data]

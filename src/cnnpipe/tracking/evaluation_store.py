@@ -28,7 +28,6 @@ from cnnpipe.tracking.mlflow_run import (
     unusable,
 )
 from cnnpipe.tracking.run_record import RunRecord
-from cnnpipe.uris import mask_uri
 
 TRAIN_RUN_TAG = "cnnpipe.train_run_id"  # on an evaluation run: the training it evaluated
 EVALUATION_RUN_TAG = "cnnpipe.evaluation_run_id"  # on a training run: its latest evaluation
@@ -44,7 +43,7 @@ def _store(record: RunRecord, source: Path) -> str:
         relative = not record.tracking_uri.startswith(SQLITE + "/")
         if problem := sqlite_problem(Path(uri.removeprefix(SQLITE)), create=relative):
             raise CnnpipeError(
-                f"{source}: the tracking store {mask_uri(record.tracking_uri)} cannot be used here ({problem}); "
+                f"{source}: the tracking store {record.tracking_uri} cannot be used here ({problem}); "
                 "train with a store this machine has: `dvc repro train`"
             )
     return uri
@@ -75,7 +74,7 @@ class EvaluationStore:
         if self.training is not None:
             return None
         return (
-            f"MLflow run {self.record.run_id} (the training) is not in {mask_uri(self.client.tracking_uri)}: it was "
+            f"MLflow run {self.record.run_id} (the training) is not in {self.client.tracking_uri}: it was "
             f"logged elsewhere; this evaluation is a run of its own, tagged {TRAIN_RUN_TAG}"
         )
 

@@ -131,12 +131,12 @@ def _reason(exc: BaseException) -> str:
     not the SQL statement or the retries that SQLAlchemy, requests, urllib3 and MLflow wrap around it."""
     while (inner := exc.__cause__ or exc.__context__) is not None and str(inner):
         exc = inner
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return " ".join(mask_uri(str(exc)).split())[:200] or type(exc).__name__  # masked before it is cut
 
 
 def _no_server(uri: str, reason: str) -> CnnpipeError:
     return CnnpipeError(
-        f"mlflow.tracking_uri: no MLflow tracking server answers at {mask_uri(uri)} ({mask_uri(reason)}); "
+        f"mlflow.tracking_uri: no MLflow tracking server answers at {uri} ({reason}); "
         "start it, or use sqlite:///mlflow.db for a local store"
     )
 
@@ -146,7 +146,7 @@ def needs_credentials(uri: str) -> CnnpipeError:
     creds = get_default_host_creds(uri)
     what = "refuses the credentials set" if creds.username or creds.token else "needs credentials"
     return CnnpipeError(
-        f"mlflow.tracking_uri: the MLflow server at {mask_uri(uri)} {what} (401); set MLFLOW_TRACKING_USERNAME and "
+        f"mlflow.tracking_uri: the MLflow server at {uri} {what} (401); set MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
     )
 
@@ -187,7 +187,7 @@ def unusable(uri: str, exc: Exception | str) -> CnnpipeError:
         if "password" in reason.lower()
         else "valid: sqlite:///FILE.db, postgresql://USER@HOST/DB or the http(s):// address of an MLflow server"
     )
-    return CnnpipeError(f"mlflow.tracking_uri: cannot use the tracking store {mask_uri(uri)} ({reason}); {advice}")
+    return CnnpipeError(f"mlflow.tracking_uri: cannot use the tracking store {uri} ({reason}); {advice}")
 
 
 def check_store(cfg: MlflowConfig) -> None:
@@ -301,7 +301,7 @@ class TrackedRun:
             call()
         except Exception as exc:  # noqa: BLE001 - MlflowException, requests' and OS errors alike: none may stop training
             if not self.unlogged:
-                warn(f"MLflow: could not log {what} to {mask_uri(self.tracking_uri)}: {mask_uri(_reason(exc))}")
+                warn(f"MLflow: could not log {what} to {self.tracking_uri}: {_reason(exc)}")
             self.unlogged.append(what)
             return False
         return True
@@ -372,7 +372,7 @@ class TrackedRun:
         if not ended:
             warn(
                 f"MLflow run {self.run_id} could not be ended {status}: it shows RUNNING until the store takes writes "
-                f"again and `cnnpipe evaluate` ends a training's run, or MlflowClient('{mask_uri(self.tracking_uri)}')"
+                f"again and `cnnpipe evaluate` ends a training's run, or MlflowClient('{self.tracking_uri}')"
                 f".set_terminated('{self.run_id}', '{status}') ends any run"
             )
 
